@@ -1,0 +1,77 @@
+"""Batched text classification with a saved model: one code path for evaluate, predict and MLflow serving.
+
+Texts are sorted by length before batching so each batch pads only to its own longest text; on short
+domain texts that removes most padding work (DESIGN.md §6).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+from domaintune.components.errors import BadInput
+
+
+class Classifier(Protocol):
+    labels: list[str]
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+class HFClassifier:
+    """A Hugging Face sequence-classification directory (model + tokenizer saved side by side)."""
+
+    def __init__(self, model_dir: str, max_length: int | None = None, device: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            raise BadInput(f"{model_dir}: not a model directory (no config.json)")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        id2label = self.model.config.id2label
+        self.labels = [str(id2label[i]) for i in range(len(id2label))]
+        self.max_length = max_length or _saved_max_length(model_dir) or 128
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        import torch
+
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        with torch.inference_mode():
+            for idx in length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size):
+                batch = self.tokenizer.pad(
+                    {k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt"
+                ).to(self.device)
+                logits = self.model(**batch).logits.float()
+                out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+        return out
+
+
+def _saved_max_length(model_dir: str) -> int | None:
+    path = os.path.join(model_dir, "domaintune.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f).get("max_length")
+    return None
+
+
+def load_classifier(ref: str) -> Classifier:
+    """REF: a model directory from a run, or an ONNX file with its tokenizer saved beside it."""
+    if ref.endswith(".onnx") or (os.path.isdir(ref) and os.path.isfile(os.path.join(ref, "model.onnx"))):
+        from domaintune.components.onnx_inference import OnnxClassifier
+
+        return OnnxClassifier(ref)
+    if not os.path.exists(ref):
+        raise BadInput(f"--model {ref}: no such file or directory")
+    return HFClassifier(ref)

@@ -1,0 +1,103 @@
+"""tokenize and finetune on tiny data: what they write, that training learns, and their bad inputs."""
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import finetune_params, ingest_params
+from datasets import load_from_disk
+
+from domaintune.components.errors import BadInput
+from domaintune.components.finetune import FinetuneParams, pick_precision, run_finetune
+from domaintune.components.inference import HFClassifier, load_classifier
+from domaintune.components.models import resolve_model
+from domaintune.components.tokenization import run_tokenize
+
+
+def test_tokenize_stores_no_padding_and_counts_truncation(trained, tmp_path):
+    stats = run_tokenize(trained["splits"], trained["base"], str(tmp_path / "tok"), max_length=12)
+    train = load_from_disk(str(tmp_path / "tok" / "train"))
+    lengths = [len(x) for x in train["input_ids"]]
+    assert max(lengths) == 12 and min(lengths) < 12  # truncated to max_length, never padded
+    assert train["length"][:] == lengths
+    assert 0 < stats["splits"]["train"]["truncated"] <= sum(1 for n in lengths if n == 12)
+    assert stats["splits"]["train"]["tokens_max"] > 12  # the untruncated length is what is reported
+    assert json.load(open(tmp_path / "tok" / "label_map.json"))["labels"] == ["account_access", "billing", "shipping"]
+
+
+@pytest.mark.parametrize("value", [0, -3, 100000])
+def test_bad_max_length(trained, tmp_path, value):
+    with pytest.raises(BadInput, match="--max-length"):
+        run_tokenize(trained["splits"], trained["base"], str(tmp_path / "tok"), max_length=value)
+    assert not (tmp_path / "tok").exists()
+
+
+def test_base_model_that_does_not_exist():
+    with pytest.raises(BadInput, match="--base-model /no/such/model: no such directory"):
+        resolve_model("/no/such/model")
+
+
+def test_finetune_learns_and_saves_a_complete_model(trained):
+    history = trained["history"]
+    losses = [h["loss"] for h in history["log_history"] if "loss" in h]
+    assert losses[-1] < losses[0]
+    assert history["validation"]["macro_f1"] > 0.5  # three well-separated classes
+    assert history["global_steps"] > 0 and history["examples_per_second"] > 0
+    model_dir = trained["model"]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "domaintune.json"):
+        assert os.path.isfile(os.path.join(model_dir, name)), name
+    assert not os.path.exists(os.path.join(os.path.dirname(model_dir), "checkpoints"))  # cleaned after success
+    clf = load_classifier(model_dir)
+    assert clf.labels == ["account_access", "billing", "shipping"]
+    probs = clf.predict_proba(["I was charged twice for my plan", "my parcel never arrived"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_length_sorted_inference_keeps_input_order(trained):
+    clf = HFClassifier(trained["model"])
+    texts = ["refund my double charge please, invoice 123 was billed twice to my card", "login fails", "where is my parcel"]
+    together = clf.predict_proba(texts, batch_size=2)
+    alone = np.vstack([clf.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(trained, tmp_path):
+    history = run_finetune(trained["tokens"], trained["base"], str(tmp_path / "lora"), str(tmp_path / "h.json"),
+                           finetune_params(epochs=1, batch_size=16, lora=True, learning_rate=5e-4))
+    assert history["parameters"]["trainable"] < 0.05 * history["parameters"]["total"]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "lora" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not [k for k in keys if "lora_" in k]  # merged: a plain BERT classifier
+    assert load_classifier(str(tmp_path / "lora")).predict_proba(["hello"]).shape == (1, 3)
+
+
+@pytest.mark.parametrize("name,value", [("epochs", 0), ("epochs", -1), ("batch_size", 0), ("learning_rate", 0),
+                                        ("precision", "fp8"), ("warmup_ratio", 1.5)])
+def test_bad_hyperparameters_name_the_flag(name, value):
+    with pytest.raises(BadInput, match=f"--{name.replace('_', '-')}"):
+        finetune_params(**{name: value})
+
+
+def test_precision_auto_resolves_to_a_concrete_choice():
+    assert pick_precision("auto") in ("bf16", "fp16", "fp32")
+    assert pick_precision("fp32") == "fp32"
+
+
+def test_resume_from_checkpoint_dir(trained, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    first = run_finetune(trained["tokens"], trained["base"], str(tmp_path / "m1"), str(tmp_path / "h1.json"),
+                         finetune_params(epochs=1, batch_size=16, checkpoint_dir=str(ckpt)))
+    assert first["resumed_from"] is None and any(p.startswith("checkpoint-") for p in os.listdir(ckpt))
+    second = run_finetune(trained["tokens"], trained["base"], str(tmp_path / "m2"), str(tmp_path / "h2.json"),
+                          finetune_params(epochs=2, batch_size=16, checkpoint_dir=str(ckpt)))
+    assert second["resumed_from"] and second["resumed_from"].startswith(str(ckpt))
+
+
+def test_dataclass_fields_are_pipeline_parameters():
+    from domaintune.pipelines.params import pipeline_params
+
+    names = {p.name for p in pipeline_params()}
+    assert set(FinetuneParams.__dataclass_fields__) <= names
+    assert set(ingest_params().__dataclass_fields__) <= names
