@@ -1,0 +1,35 @@
+"""How a stage runs inside a KFP task: expected failures become one `domaintune:error` line and the
+DESIGN.md §4 exit code (no traceback); anything unexpected keeps its traceback and exits 1."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from domaintune.components.errors import DomaintuneError
+
+ERROR_PREFIX = "domaintune:error "
+
+# Air-gapped by default (our users' clusters, this machine); a deployment may override these.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_offline_defaults() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def run_stage(stage: str, fn, *args, **kwargs):
+    set_offline_defaults()
+    try:
+        return fn(*args, **kwargs)
+    except DomaintuneError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(ERROR_PREFIX + json.dumps({"stage": stage, "code": exc.exit_code, "message": message}), flush=True)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
+
+
+def csv_list(value: str) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]

@@ -1,0 +1,231 @@
+"""The `domaintune` command (DESIGN.md §4). Heavy imports happen inside the commands so `--help` is quick."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from domaintune.components.errors import BadInput, DomaintuneError
+
+COMMANDS = {
+    "run": "run the whole pipeline locally through kfp.local (the embedded default with no arguments)",
+    "evaluate": "score a model (directory, ONNX file or models:/ URI) on a labeled file",
+    "predict": "predict labels for texts or a file",
+    "compile": "write the pipeline YAML for the KFP UI",
+    "models": "list registered models and versions with aliases, metrics and gate status",
+    "promote": "move an alias (default: champion) to a model version",
+}
+PIPELINE_COMMANDS = ("run",)  # commands whose flags are the pipeline's parameters
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="domaintune",
+        description="Labeled domain text -> fine-tuned, bias-checked, registered transformer classifier (KFP + MLflow).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parsers = {name: sub.add_parser(name, help=text, description=text) for name, text in COMMANDS.items()}
+
+    run = parsers["run"]
+    run.add_argument("--config", help="YAML file of pipeline parameters (snake_case keys); flags override it")
+    run.add_argument("--output", help="run directory (default: ./domaintune-runs/<run id>)")
+    run.add_argument("--verbose", action="store_true", help="stream every task's raw output")
+    if argv[:1] and argv[0] in PIPELINE_COMMANDS:  # only then pay for importing the pipeline
+        from domaintune.pipelines.params import add_param_flags, pipeline_params
+
+        add_param_flags(run, pipeline_params())
+
+    ev = parsers["evaluate"]
+    ev.add_argument("--model", required=True, help="model directory, ONNX file, or models:/NAME@ALIAS | models:/NAME/N")
+    ev.add_argument("--data", required=True, help="labeled CSV/TSV/JSONL/Parquet file (local or s3://)")
+    ev.add_argument("--text-column", default="text")
+    ev.add_argument("--label-column", default="label")
+    ev.add_argument("--json", help="write the metrics as JSON here")
+
+    pr = parsers["predict"]
+    pr.add_argument("--model", required=True, help="model directory, ONNX file, or models:/NAME@ALIAS | models:/NAME/N")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", nargs="+", help="one or more texts")
+    src.add_argument("--data", help="a CSV/TSV/JSONL/Parquet file with a text column")
+    pr.add_argument("--text-column", default="text")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--json", help="write predictions as JSON here")
+
+    co = parsers["compile"]
+    co.add_argument("--output", help="default: pipelines/training_pipeline.yaml beside the pipeline code")
+
+    mo = parsers["models"]
+    mo.add_argument("name", nargs="?", help="a registered model name (default: all)")
+    mo.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+
+    pm = parsers["promote"]
+    pm.add_argument("name")
+    pm.add_argument("--version", type=int, required=True)
+    pm.add_argument("--alias", default="champion")
+    pm.add_argument("--force", action="store_true", help="promote even a version whose gate failed")
+    pm.add_argument("--reason", default="", help="why (recorded as a tag)")
+    pm.add_argument("--tracking-uri", default="")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from domaintune.pipelines.local_run import run_local
+    from domaintune.pipelines.params import load_config, pipeline_params, resolve
+
+    params = pipeline_params()
+    config = load_config(args.config, params) if args.config else {}
+    values = resolve(params, config, vars(args))
+    print(f"domaintune: running the pipeline locally ({'bundled sample data' if not values['train_data'] else values['train_data']})",
+          file=sys.stderr)
+    summary, code, message = run_local(values, args.output, verbose=args.verbose)
+    if summary is None:
+        print(f"error: {message}", file=sys.stderr)
+        return code
+    print_summary(summary)
+    return code
+
+
+def print_summary(s: dict) -> None:
+    test = s["metrics"]["test"]
+    reg = s["registry"]
+    rows = [
+        ("status", s["status"]),
+        ("test accuracy", f"{test['accuracy']:.4f}  (n={test['n']})"),
+        ("test macro-F1", f"{test['macro_f1']:.4f}"),
+        ("validation macro-F1", f"{s['metrics']['validation']['macro_f1']:.4f}"),
+        ("training", f"{s['training']['examples_per_second']} examples/s, {s['training']['train_seconds']} s, "
+                     f"{s['training']['precision']}"),
+        ("gate", "passed" if s["gate"]["passed"] else "rejected: " + "; ".join(s["gate"]["reasons"])),
+        ("registered", f"{reg['model_name']} v{reg['version']} {reg['aliases']}" if reg["version"] else "no version"),
+        ("mlflow run", f"{reg['run_id']}  ({reg['tracking_uri']})"),
+        ("outputs", s["output_dir"]),
+        ("wall time", f"{s['wall_seconds']} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def _load_model(ref: str, scratch: str):
+    from domaintune.components.inference import load_classifier
+    from domaintune.components.registry import resolve_model_ref
+
+    return load_classifier(resolve_model_ref(ref, scratch))
+
+
+def cmd_evaluate(args) -> int:
+    from domaintune.components.ingest import _label_str, read_table
+    from domaintune.components.metrics import classification_metrics, format_table
+    from domaintune.components.runtime import set_offline_defaults
+
+    set_offline_defaults()
+    frame, _ = read_table(args.data)
+    for column in (args.text_column, args.label_column):
+        if column not in frame.columns:
+            raise BadInput(f"{args.data}: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
+    with tempfile.TemporaryDirectory() as scratch:
+        model = _load_model(args.model, scratch)
+        index = {label: i for i, label in enumerate(model.labels)}
+        names = frame[args.label_column].map(_label_str)
+        unknown = ~names.isin(list(index))
+        if unknown.any():
+            row = int(unknown.to_numpy().nonzero()[0][0])
+            raise BadInput(f"{args.data}: row {row + 1}: label {names.iloc[row]!r} is not one of the model's labels {model.labels}")
+        probs = model.predict_proba(frame[args.text_column].astype(str).tolist())
+    metrics = classification_metrics(names.map(index).to_numpy(), probs.argmax(axis=1), model.labels)
+    print(format_table(metrics))
+    if args.json:
+        _write_json(args.json, metrics)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from domaintune.components.runtime import set_offline_defaults
+
+    set_offline_defaults()
+    if args.batch_size <= 0:
+        raise BadInput(f"--batch-size must be a positive integer (got {args.batch_size})")
+    with tempfile.TemporaryDirectory() as scratch:
+        model = _load_model(args.model, scratch)
+        if args.text:
+            texts = args.text
+            probs = model.predict_proba(texts, batch_size=args.batch_size)
+        else:
+            texts, probs = _predict_file(model, args)
+    results = [{"text": t, "label": model.labels[int(p.argmax())], "score": round(float(p.max()), 4)}
+               for t, p in zip(texts, probs)]
+    if args.json:
+        _write_json(args.json, results)
+    if args.text or not args.json:
+        for r in results:
+            print(f"{r['label']}\t{r['score']:.4f}\t{r['text']}")
+    return 0
+
+
+def _predict_file(model, args):
+    """Stream a file in chunks with a progress bar; length sorting happens inside each chunk."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from domaintune.components.ingest import read_table
+
+    frame, _ = read_table(args.data)
+    if args.text_column not in frame.columns:
+        raise BadInput(f"{args.data}: no column {args.text_column!r} (columns: {', '.join(map(str, frame.columns))})")
+    texts = frame[args.text_column].astype(str).tolist()
+    chunk = max(args.batch_size * 16, 1024)
+    parts = []
+    with tqdm(total=len(texts), unit="text", file=sys.stderr, disable=None) as bar:
+        for start in range(0, len(texts), chunk):
+            parts.append(model.predict_proba(texts[start:start + chunk], batch_size=args.batch_size))
+            bar.update(len(parts[-1]))
+    return texts, np.concatenate(parts) if parts else np.zeros((0, len(model.labels)))
+
+
+def cmd_compile(args) -> int:
+    from domaintune.pipelines.compile import compile_pipeline
+
+    path = compile_pipeline(args.output)
+    print(path)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from domaintune.pipelines.registry_cli import list_models
+
+    print(list_models(args.name, args.tracking_uri))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from domaintune.pipelines.registry_cli import promote
+
+    print(promote(args.name, args.version, args.alias, args.force, args.reason, args.tracking_uri))
+    return 0
+
+
+def _write_json(path: str, obj) -> None:
+    from domaintune.components.storage import write_json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json(path, obj)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return globals()[f"cmd_{args.command}"](args)
+    except DomaintuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

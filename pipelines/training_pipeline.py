@@ -1,0 +1,116 @@
+"""The pipeline: wiring only. Its signature is the one source of truth for every parameter — the CLI's
+flags, config-file keys and the compiled YAML's inputs all come from it."""
+from kfp import dsl
+from kfp.dsl import Artifact
+
+from domaintune.components.kfp_components import evaluate_op, finetune_op, ingest_op, register_op, tokenize_op
+
+PIPELINE_NAME = "domaintune-training"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Labeled domain text -> fine-tuned, evaluated, gated, registered classifier.")
+def training_pipeline(
+    train_data: str = "",
+    validation_data: str = "",
+    test_data: str = "",
+    text_column: str = "text",
+    label_column: str = "label",
+    slice_columns: str = "",
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    data_version: str = "",
+    s3_endpoint_url: str = "",
+    base_model: str = "all-MiniLM-L6-v2",
+    max_length: int = 128,
+    epochs: float = 3.0,
+    learning_rate: float = 1e-4,
+    batch_size: int = 32,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.06,
+    early_stopping_patience: int = 2,
+    lora: bool = False,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.1,
+    precision: str = "auto",
+    checkpoint_dir: str = "",
+    seed: int = 42,
+    min_macro_f1: float = 0.6,
+    max_regression: float = 0.01,
+    max_flip_rate: float = 0.1,
+    max_slice_gap: float = 0.15,
+    min_slice_size: int = 30,
+    identity_terms: str = "",
+    model_name: str = "domaintune-classifier",
+    experiment_name: str = "domaintune",
+    mlflow_tracking_uri: str = "",
+    auto_promote: bool = False,
+) -> Artifact:
+    """Fine-tune a transformer classifier on labeled domain text, evaluate and gate it, register it in MLflow.
+
+    Args:
+        train_data: Labeled training data: CSV, TSV, JSONL or Parquet; a local path or s3:// URI. Empty: the bundled sample (support tickets).
+        validation_data: Optional validation file; when empty, a stratified share of train_data.
+        test_data: Optional test file; when empty, a stratified share of train_data.
+        text_column: Name of the text column.
+        label_column: Name of the label column (strings or integers).
+        slice_columns: Comma-separated data columns to compute per-slice metrics on (e.g. region,channel).
+        validation_fraction: Share of train_data held out for validation when no validation file is given.
+        test_fraction: Share of train_data held out for test when no test file is given.
+        data_version: Snapshot/version of the data. Part of the cache key: change it when the data behind a URI changes (the CLI uses a content hash for local files).
+        s3_endpoint_url: S3 endpoint for s3:// inputs (e.g. MinIO); empty uses AWS_ENDPOINT_URL or AWS.
+        base_model: Base model: a local Hugging Face directory, s3:// prefix, the packaged all-MiniLM-L6-v2, or a hub id where a network exists.
+        max_length: Maximum tokens per text; longer texts are truncated (and counted in the token stats).
+        epochs: Maximum training epochs (early stopping may end sooner).
+        learning_rate: Peak learning rate (linear warm-up and decay). LoRA usually wants about 5e-4.
+        batch_size: Training batch size per device.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: Share of training steps used for learning-rate warm-up.
+        early_stopping_patience: Epochs without validation macro-F1 improvement before stopping.
+        lora: Train LoRA adapters (peft) instead of all weights; merged into the saved model.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling alpha.
+        lora_dropout: LoRA dropout.
+        precision: auto (bf16 where the hardware supports it natively, else fp32), bf16, fp16 or fp32.
+        checkpoint_dir: Where training checkpoints go; a retried run resumes from the last one there. Empty: beside the model output, removed after success.
+        seed: Random seed for the split, initialisation and data order.
+        min_macro_f1: Gate: the candidate's test macro-F1 must reach this.
+        max_regression: Gate: the candidate may trail the champion's macro-F1 (same test split) by at most this.
+        max_flip_rate: Gate: the largest share of predictions that flip when identity terms are swapped.
+        max_slice_gap: Gate: the largest accuracy/macro-F1 gap between data slices (slices of at least min_slice_size rows).
+        min_slice_size: Slices smaller than this are reported but not gated.
+        identity_terms: YAML file of identity terms and probe templates; empty: the packaged lists.
+        model_name: Registered model name in MLflow.
+        experiment_name: MLflow experiment for the run.
+        mlflow_tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI or ./mlflow.db.
+        auto_promote: Give a blessed candidate that beats the champion the champion alias.
+    """
+    ingest = ingest_op(
+        train_data=train_data, validation_data=validation_data, test_data=test_data, text_column=text_column,
+        label_column=label_column, slice_columns=slice_columns, validation_fraction=validation_fraction,
+        test_fraction=test_fraction, seed=seed, s3_endpoint_url=s3_endpoint_url, data_version=data_version,
+    ).set_display_name("ingest")
+    tokenize = tokenize_op(
+        splits=ingest.outputs["splits"], base_model=base_model, max_length=max_length, s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("tokenize")
+    finetune = finetune_op(
+        tokens=tokenize.outputs["tokens"], base_model=base_model, s3_endpoint_url=s3_endpoint_url, epochs=epochs,
+        learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+        early_stopping_patience=early_stopping_patience, seed=seed, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, precision=precision, checkpoint_dir=checkpoint_dir,
+    ).set_display_name("finetune")
+    evaluate = evaluate_op(
+        model=finetune.outputs["model"], splits=ingest.outputs["splits"], slice_columns=slice_columns,
+        min_slice_size=min_slice_size, identity_terms=identity_terms, min_macro_f1=min_macro_f1,
+        max_regression=max_regression, max_flip_rate=max_flip_rate, max_slice_gap=max_slice_gap,
+        model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri,
+    ).set_display_name("evaluate")
+    evaluate.set_caching_options(False)  # the champion it compares against can change between runs
+    register = register_op(
+        model=finetune.outputs["model"], data_report=ingest.outputs["data_report"], tokens=tokenize.outputs["tokens"],
+        history=finetune.outputs["history"], evaluation=evaluate.outputs["evaluation"], model_name=model_name,
+        experiment_name=experiment_name, mlflow_tracking_uri=mlflow_tracking_uri, auto_promote=auto_promote,
+        base_model=base_model, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    ).set_display_name("register")
+    register.set_caching_options(False)  # registry state is outside the cache's view
+    return register.outputs["summary"]

@@ -1,0 +1,108 @@
+"""The whole pipeline through kfp.local, as `domaintune run` drives it, with pip unable to reach any index."""
+import json
+import os
+import sqlite3
+
+import pytest
+from conftest import TINY
+from test_cli import cli, one_clear_line
+
+pytestmark = pytest.mark.slow
+
+SUMMARY_KEYS = ["status", "metrics.test.accuracy", "metrics.test.macro_f1", "bias", "gate.passed", "gate.reasons",
+                "export", "registry.model_name", "registry.version", "registry.aliases", "model_dir"]
+TINY_ARGS = ["--train-data", TINY, "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-4",
+             "--validation-fraction", "0.2", "--test-fraction", "0.2", "--min-macro-f1", "0.3",
+             "--max-flip-rate", "1", "--model-name", "tickets"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    os.environ["PIP_NO_INDEX"] = "1"  # nothing may be installed or fetched at run time
+    return tmp_path_factory.mktemp("pipeline")
+
+
+def dig(obj, dotted):
+    for key in dotted.split("."):
+        assert key in obj, f"summary.json lacks {dotted}"
+        obj = obj[key]
+    return obj
+
+
+def versions(workdir, name="tickets"):
+    db = workdir / "mlflow.db"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        return [str(r[0]) for r in con.execute("select version from model_versions where name = ? order by version", (name,))]
+
+
+def run(workdir, *extra):
+    code, out, err = cli("run", *TINY_ARGS, *extra, cwd=workdir)
+    return code, out, err
+
+
+def latest_summary(workdir):
+    runs = sorted(p for p in os.listdir(workdir / "domaintune-runs") if not p.startswith("."))
+    return json.loads((workdir / "domaintune-runs" / runs[-1] / "summary.json").read_text()), runs
+
+
+def test_first_run_registers_a_challenger(workdir):
+    code, out, err = run(workdir)
+    assert code == 0, err[-3000:]
+    summary, runs = latest_summary(workdir)
+    for key in SUMMARY_KEYS:
+        dig(summary, key)
+    assert summary["status"] == "registered" and summary["gate"]["passed"] is True
+    assert summary["registry"]["version"] == 1 and summary["registry"]["aliases"] == ["challenger"]
+    assert 0 <= summary["metrics"]["test"]["macro_f1"] <= 1
+    assert os.path.isfile(os.path.join(summary["model_dir"], "model.safetensors"))
+    assert versions(workdir) == ["1"]
+    for stage in ("ingest", "tokenize", "finetune", "evaluate", "register"):
+        assert f"✓ {stage}" in err, err  # the user sees each stage finish
+    assert "test macro-F1" in out and "registered" in out
+    # the registered model serves through MLflow's pyfunc flavor
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/tickets@challenger")
+    import pandas as pd
+
+    pred = model.predict(pd.DataFrame({"text": ["I was charged twice", "my parcel is lost"]}))
+    assert list(pred.columns) == ["label", "score"] and len(pred) == 2
+
+
+def test_second_identical_run_reuses_cached_stages(workdir):
+    code, _, err = run(workdir)
+    assert code == 0, err[-3000:]
+    for stage in ("ingest", "tokenize", "finetune"):
+        assert f"✓ {stage}" in err and "(cached)" in err.split(f"✓ {stage}")[1].splitlines()[0], err
+    summary, runs = latest_summary(workdir)
+    assert len(runs) == 2 and summary["registry"]["version"] == 2
+    stages = {s["name"]: s["status"] for s in summary["stages"]}
+    assert stages["finetune"] == "cached" and stages["register"] == "done"
+
+
+def test_bad_data_inside_the_pipeline_exits_2_and_leaves_nothing(workdir, tmp_path):
+    bad_test = tmp_path / "test.csv"
+    bad_test.write_text("text,label\nwhere is my parcel,shipping\nscreen cracked,hardware\n")
+    before = sorted(os.listdir(workdir / "domaintune-runs"))
+    code, _, err = run(workdir, "--test-data", str(bad_test))
+    assert code == 2
+    one_clear_line(err, "ingest", "test.csv", "row 2", "'hardware'")
+    assert sorted(os.listdir(workdir / "domaintune-runs")) == before
+    assert versions(workdir) == ["1", "2"]
+
+
+def test_rejected_candidate_exits_3_logs_reasons_and_registers_nothing(workdir):
+    code, out, err = run(workdir, "--min-macro-f1", "1.0", "--max-flip-rate", "0")
+    summary, _ = latest_summary(workdir)
+    if summary["metrics"]["test"]["macro_f1"] == 1.0 and summary["bias"]["counterfactual"]["max_axis_flip_rate"] == 0:
+        pytest.skip("the tiny model happened to be perfect and flip-free")
+    assert code == 3, err[-2000:]
+    assert summary["status"] == "rejected" and summary["gate"]["passed"] is False and summary["gate"]["reasons"]
+    assert summary["registry"]["version"] is None
+    assert versions(workdir) == ["1", "2"]
+    with sqlite3.connect(workdir / "mlflow.db") as con:
+        tags = dict(con.execute("select key, value from tags where run_uuid = ?", (summary["registry"]["run_id"],)))
+    assert tags["gate"] == "rejected" and tags["gate.reasons"]
