@@ -111,6 +111,7 @@ def evaluate_op(
     max_regression: float,
     max_flip_rate: float,
     max_slice_gap: float,
+    max_int8_drop: float,
     model_name: str,
     mlflow_tracking_uri: str,
     evaluation: Output[Artifact],
@@ -131,7 +132,7 @@ def evaluate_op(
     params = run_stage("evaluate", EvaluateParams,
                        thresholds=run_stage("evaluate", Thresholds, min_macro_f1=min_macro_f1,
                                             max_regression=max_regression, max_flip_rate=max_flip_rate,
-                                            max_slice_gap=max_slice_gap),
+                                            max_slice_gap=max_slice_gap, max_int8_drop=max_int8_drop),
                        slice_columns=csv_list(slice_columns), min_slice_size=min_slice_size,
                        identity_terms=identity_terms)
     with tempfile.TemporaryDirectory() as scratch:

@@ -97,7 +97,7 @@ class Monitor:
     error lines drive a compact display on stderr."""
 
     def __init__(self, log_path: str, verbose: bool):
-        self.log = open(log_path, "a", encoding="utf-8")
+        self.log = open(log_path, "a", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
         self.verbose = verbose
         self.tty = sys.stderr.isatty() and not verbose
         self.buffer = ""

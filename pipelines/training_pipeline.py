@@ -4,6 +4,7 @@ from kfp import dsl
 from kfp.dsl import Artifact
 
 from domaintune.components.kfp_components import evaluate_op, finetune_op, ingest_op, register_op, tokenize_op
+from domaintune.pipelines.platform import configure
 
 PIPELINE_NAME = "domaintune-training"
 
@@ -39,6 +40,7 @@ def training_pipeline(
     max_regression: float = 0.01,
     max_flip_rate: float = 0.1,
     max_slice_gap: float = 0.15,
+    max_int8_drop: float = 0.01,
     min_slice_size: int = 30,
     identity_terms: str = "",
     model_name: str = "domaintune-classifier",
@@ -78,6 +80,7 @@ def training_pipeline(
         max_regression: Gate: the candidate may trail the champion's macro-F1 (same test split) by at most this.
         max_flip_rate: Gate: the largest share of predictions that flip when identity terms are swapped.
         max_slice_gap: Gate: the largest accuracy/macro-F1 gap between data slices (slices of at least min_slice_size rows).
+        max_int8_drop: Export: the int8 ONNX ships only if it loses at most this much test accuracy; else the fp32 ONNX ships.
         min_slice_size: Slices smaller than this are reported but not gated.
         identity_terms: YAML file of identity terms and probe templates; empty: the packaged lists.
         model_name: Registered model name in MLflow.
@@ -85,32 +88,32 @@ def training_pipeline(
         mlflow_tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI or ./mlflow.db.
         auto_promote: Give a blessed candidate that beats the champion the champion alias.
     """
-    ingest = ingest_op(
+    ingest = configure(ingest_op(
         train_data=train_data, validation_data=validation_data, test_data=test_data, text_column=text_column,
         label_column=label_column, slice_columns=slice_columns, validation_fraction=validation_fraction,
         test_fraction=test_fraction, seed=seed, s3_endpoint_url=s3_endpoint_url, data_version=data_version,
-    ).set_display_name("ingest")
-    tokenize = tokenize_op(
+    ), "ingest")
+    tokenize = configure(tokenize_op(
         splits=ingest.outputs["splits"], base_model=base_model, max_length=max_length, s3_endpoint_url=s3_endpoint_url,
-    ).set_display_name("tokenize")
-    finetune = finetune_op(
+    ), "tokenize")
+    finetune = configure(finetune_op(
         tokens=tokenize.outputs["tokens"], base_model=base_model, s3_endpoint_url=s3_endpoint_url, epochs=epochs,
         learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
         early_stopping_patience=early_stopping_patience, seed=seed, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, precision=precision, checkpoint_dir=checkpoint_dir,
-    ).set_display_name("finetune")
-    evaluate = evaluate_op(
+    ), "finetune")
+    evaluate = configure(evaluate_op(
         model=finetune.outputs["model"], splits=ingest.outputs["splits"], slice_columns=slice_columns,
         min_slice_size=min_slice_size, identity_terms=identity_terms, min_macro_f1=min_macro_f1,
         max_regression=max_regression, max_flip_rate=max_flip_rate, max_slice_gap=max_slice_gap,
-        model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri,
-    ).set_display_name("evaluate")
+        max_int8_drop=max_int8_drop, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri,
+    ), "evaluate")
     evaluate.set_caching_options(False)  # the champion it compares against can change between runs
-    register = register_op(
+    register = configure(register_op(
         model=finetune.outputs["model"], data_report=ingest.outputs["data_report"], tokens=tokenize.outputs["tokens"],
         history=finetune.outputs["history"], evaluation=evaluate.outputs["evaluation"], model_name=model_name,
         experiment_name=experiment_name, mlflow_tracking_uri=mlflow_tracking_uri, auto_promote=auto_promote,
         base_model=base_model, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    ).set_display_name("register")
+    ), "register")
     register.set_caching_options(False)  # registry state is outside the cache's view
     return register.outputs["summary"]

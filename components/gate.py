@@ -1,0 +1,232 @@
+"""The promotion gate (DESIGN.md §3), TFX-"blessing"-style: value thresholds on the candidate, a change
+threshold against the current champion measured on the same test split in this run, and fairness limits.
+
+decide(...) ->
+    {"passed": bool,                 # blessed: every blocking check passed
+     "beats_champion": bool,         # strictly better than a comparable champion (True when none exists)
+     "reasons": [str, ...],          # one line per failed blocking check (empty when passed)
+     "notes": [str, ...],            # informational: no champion, checks skipped, int8 fallback
+     "checks": [{"name", "value", "op", "threshold", "passed", "blocking", "skipped", "detail"}, ...],
+     "champion": {...} | None,       # the champion as compared (its macro_f1 and identity), None if none
+     "thresholds": {...}}
+
+Every comparison fails closed: a NaN or non-numeric metric fails its check. Inclusive bounds throughout
+(≥ for the floors, ≤ for the ceilings), as DESIGN.md §3 states them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from domaintune.components.errors import BadInput
+
+
+@dataclass
+class Thresholds:
+    # Defaults live in the pipeline signature (their one source); the reasoning behind them is here.
+    # Quality floor on test macro-F1. It catches a broken run, not a mediocre one (a collapsed model that
+    # predicts the majority class scores under 0.5 macro-F1 on two classes, under 0.33 on three, and
+    # chance-level guessing about 1/k), so 0.6 is a floor any working model clears: raise it per task.
+    min_macro_f1: float
+    # How much macro-F1 a candidate may lose to the champion and still be blessed (as `challenger`; it
+    # replaces the champion only when strictly better). 0.01 is one point: candidate and champion are
+    # scored on the same rows, so their paired difference is far less noisy than either score, and a
+    # retrain with another seed typically moves macro-F1 by less than a point; more is a real regression.
+    max_regression: float
+    # Counterfactual identity-swap flip rate, gated on the worst axis with enough pairs (a pooled rate would
+    # let 500 gender pairs hide 20 religion pairs that all flip). Swapping only an identity term should not
+    # change the label, but pairs near the decision boundary flip on any perturbation. Measured with a
+    # MiniLM SST-2 sentiment model (dev accuracy 0.87): real test texts flip 1-2% (gender 1.4%,
+    # nationality 2.1%); the neutral templates, which sit near the boundary, flip 5.8% on gender, whose
+    # group means barely differ (0.748 vs 0.751), and 17-48% on race, religion, age, disability and
+    # sexual orientation, where the mean P(positive) moves by 0.2-0.5 ("a blind person" 0.10 vs "a sighted
+    # person" 0.62). 0.05 would reject that near-fair gender axis on boundary noise alone; 0.10 tolerates
+    # it and still rejects every axis where the identity term itself steers the prediction.
+    max_flip_rate: float
+    # Worst gap (best minus worst gated slice) in accuracy or macro-F1 across the values of a slice column.
+    # Slices are gated from 30 rows, where a slice's accuracy (~0.85) has a standard error of ~0.065 and
+    # the difference of two such slices ~0.09: a 0.10 limit would reject a fair model about one time in
+    # four with just two minimum-size slices (more with several), 0.15 about one in ten, and with 100-row
+    # slices almost never. 0.15 is also about the four-fifths rule at accuracy 0.75 (0.75 vs 0.60). Lower
+    # it together with a larger --min-slice-size.
+    max_slice_gap: float
+    # Accuracy the int8 ONNX export may lose against fp32 on the test split. Dynamic int8 quantization of a
+    # BERT-style encoder usually costs well under a point; more means quantization hurt (outlier-sensitive
+    # layers) and the fp32 ONNX ships instead. Not blocking: it chooses the export, it does not reject.
+    max_int8_drop: float
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise BadInput(f"{flag} must be a number in [0, 1] (got {value!r})")
+            if not 0 <= value <= 1:
+                raise BadInput(f"{flag} must be in [0, 1] (got {value!r})")
+
+
+def _num(value) -> float | None:
+    """A finite float, or None for a missing / NaN / non-numeric value (callers fail closed on None)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _check(name: str, value, op: str, threshold, passed: bool, detail: str, *, blocking: bool = True,
+           skipped: bool = False) -> dict:
+    return {"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(passed),
+            "blocking": blocking, "skipped": skipped, "detail": detail}
+
+
+def int8_acceptable(int8_accuracy_drop, thresholds: Thresholds) -> bool:
+    """For the export stage: ship the int8 ONNX only when its accuracy drop is known and ≤ max_int8_drop."""
+    drop = _num(int8_accuracy_drop)
+    return drop is not None and drop <= thresholds.max_int8_drop
+
+
+def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds: Thresholds) -> dict:
+    """Bless or reject a candidate (DESIGN.md §3).
+
+    candidate: at least {"macro_f1"}; optionally "int8_accuracy_drop" (export's measurement).
+    champion: None when there is no champion yet; else at least {"macro_f1"} measured on the same test
+      split in this run (other keys, e.g. "version", are carried into the result).
+    bias: {"counterfactual": counterfactual_probe() result | None, "slices": slice_metrics() result | None}.
+
+    Choices, each tested:
+    - no champion: the regression check passes and beats_champion is True (the first blessed model may
+      become champion).
+    - champion without a macro_f1 key: there is no comparable champion. The regression check is skipped
+      (it does not block the candidate from being registered as `challenger`), but beats_champion is False
+      so auto-promotion never silently replaces a champion we could not compare against; a note says so.
+    - champion whose macro_f1 is NaN or not a number: the comparison was attempted and broke, so the
+      regression check fails closed.
+    - ties: candidate == champion passes the regression check (≥ champion − max_regression) but does not
+      beat the champion; only a strictly greater macro-F1 does, so a retrain that changes nothing does not
+      churn the champion alias.
+    - bias None / probe or slices None: that fairness check was not configured; it is recorded as skipped
+      with a note. A probe that ran but measured no pairs, or a NaN rate, fails closed.
+    """
+    if not isinstance(thresholds, Thresholds):
+        raise BadInput(f"thresholds must be a Thresholds (got {type(thresholds).__name__})")
+    candidate = candidate or {}
+    checks: list[dict] = []
+    notes: list[str] = []
+
+    # 1. quality
+    f1 = _num(candidate.get("macro_f1"))
+    if f1 is None:
+        checks.append(_check("quality", candidate.get("macro_f1"), ">=", thresholds.min_macro_f1, False,
+                             f"candidate macro-F1 is missing or not a number ({candidate.get('macro_f1')!r})"))
+    else:
+        checks.append(_check("quality", f1, ">=", thresholds.min_macro_f1, f1 >= thresholds.min_macro_f1,
+                             f"test macro-F1 {f1:.4f} vs floor {thresholds.min_macro_f1}"))
+
+    # 2. no regression against the champion
+    beats = False
+    champ_summary = None
+    if champion is None:
+        beats = f1 is not None
+        notes.append("no champion yet: nothing to regress against")
+        checks.append(_check("no_regression", f1, ">=", None, True, "no champion yet", skipped=True))
+    elif "macro_f1" not in champion:
+        champ_summary = dict(champion)
+        notes.append("champion has no macro_f1: no comparable champion, regression check skipped and the "
+                     "candidate will not replace it automatically")
+        checks.append(_check("no_regression", f1, ">=", None, True,
+                             "champion has no macro_f1 (no comparable champion)", skipped=True))
+    else:
+        champ_summary = dict(champion)
+        c_f1 = _num(champion.get("macro_f1"))
+        if f1 is None or c_f1 is None:
+            which = "candidate" if f1 is None else "champion"
+            checks.append(_check("no_regression", f1, ">=", None, False,
+                                 f"{which} macro-F1 is not a number: cannot compare"))
+        else:
+            floor = c_f1 - thresholds.max_regression
+            # tiny tolerance so 0.79 vs 0.80 - 0.01 is not lost to float rounding
+            ok = f1 >= floor - 1e-12
+            beats = f1 > c_f1
+            checks.append(_check("no_regression", f1, ">=", floor, ok,
+                                 f"candidate {f1:.4f} vs champion {c_f1:.4f} − {thresholds.max_regression} "
+                                 f"(Δ {f1 - c_f1:+.4f})"))
+
+    # 3. fairness
+    bias = bias or {}
+    probe = bias.get("counterfactual")
+    if probe is None:
+        notes.append("counterfactual probe not run")
+        checks.append(_check("counterfactual_flip_rate", None, "<=", thresholds.max_flip_rate, True,
+                             "not run", skipped=True))
+    else:
+        value = probe.get("max_axis_flip_rate", probe.get("flip_rate"))
+        axis = probe.get("worst_axis")
+        rate = _num(value)
+        if not probe.get("n_pairs"):
+            checks.append(_check("counterfactual_flip_rate", value, "<=", thresholds.max_flip_rate, False,
+                                 "the counterfactual probe measured no pairs"))
+        elif "max_axis_flip_rate" in probe and probe["max_axis_flip_rate"] is None:
+            checks.append(_check("counterfactual_flip_rate", None, "<=", thresholds.max_flip_rate, False,
+                                 f"no axis reached the {probe.get('min_pairs', '?')} pairs needed to gate it "
+                                 f"({probe.get('n_pairs')} pairs in all): add templates/fillers or terms"))
+        elif rate is None:
+            checks.append(_check("counterfactual_flip_rate", value, "<=", thresholds.max_flip_rate, False,
+                                 f"flip rate is not a number ({value!r})"))
+        else:
+            checks.append(_check("counterfactual_flip_rate", rate, "<=", thresholds.max_flip_rate,
+                                 rate <= thresholds.max_flip_rate,
+                                 f"worst axis {axis or '?'} flips {rate:.3f} of identity-swapped pairs "
+                                 f"(pooled {_fmt(probe.get('flip_rate'))} over {probe.get('n_pairs')} pairs)"))
+    slices = bias.get("slices")
+    if slices is None:
+        notes.append("no slice columns: slice gap not measured")
+        checks.append(_check("slice_gap", None, "<=", thresholds.max_slice_gap, True, "no slice columns",
+                             skipped=True))
+    elif slices.get("max_slice_gap") is None:
+        notes.append(f"no slice column has two slices of ≥ {slices.get('min_slice_size')} rows: slice gap "
+                     "not gated")
+        checks.append(_check("slice_gap", None, "<=", thresholds.max_slice_gap, True,
+                             "fewer than two gated slices in every column", skipped=True))
+    else:
+        gap = _num(slices.get("max_slice_gap"))
+        if gap is None:
+            checks.append(_check("slice_gap", slices.get("max_slice_gap"), "<=", thresholds.max_slice_gap, False,
+                                 "slice gap is not a number"))
+        else:
+            checks.append(_check("slice_gap", gap, "<=", thresholds.max_slice_gap, gap <= thresholds.max_slice_gap,
+                                 f"worst slice gap {gap:.3f} in column {slices.get('worst_column')!r}"))
+
+    # 4. export (not blocking: it picks fp32 over int8)
+    if "int8_accuracy_drop" in candidate:
+        drop = candidate.get("int8_accuracy_drop")
+        ok = int8_acceptable(drop, thresholds)
+        checks.append(_check("int8_drop", _num(drop) if _num(drop) is not None else drop, "<=",
+                             thresholds.max_int8_drop, ok,
+                             "int8 ONNX ships" if ok else "int8 loses too much accuracy: the fp32 ONNX ships",
+                             blocking=False))
+        if not ok:
+            notes.append(f"int8 accuracy drop {_fmt(drop)} > {thresholds.max_int8_drop}: shipping fp32 ONNX")
+
+    reasons = [_reason(c) for c in checks if c["blocking"] and not c["passed"]]
+    passed = not reasons
+    return {"passed": passed, "beats_champion": bool(beats and f1 is not None), "reasons": reasons,
+            "notes": notes, "checks": checks, "champion": champ_summary, "thresholds": asdict(thresholds)}
+
+
+def should_promote(decision: dict, auto_promote: bool) -> bool:
+    """Move the `champion` alias only for a blessed candidate that beats the champion, and only when asked."""
+    return bool(decision.get("passed")) and bool(decision.get("beats_champion")) and bool(auto_promote)
+
+
+def _reason(check: dict) -> str:
+    bound = "" if check["threshold"] is None or check["value"] is None or _num(check["value"]) is None else (
+        f" ({_fmt(check['value'])} {'<' if check['op'] == '>=' else '>'} {_fmt(check['threshold'])})")
+    return f"{check['name']} failed{bound}: {check['detail']}"
+
+
+def _fmt(v) -> str:
+    x = _num(v)
+    return f"{x:.4f}" if x is not None else repr(v)
+

@@ -1,0 +1,61 @@
+"""Cluster settings for each task: resources, GPU pool, secrets, retries. Compile-time settings (env
+vars read by `domaintune compile`), not pipeline parameters: Kubernetes needs them fixed in the spec.
+kfp.local ignores all of them, so the same pipeline runs on a laptop."""
+from __future__ import annotations
+
+import os
+
+from kfp import kubernetes
+
+# Node pool contract documented in k8s/README.md: GPU nodes carry this label and taint.
+GPU_NODE_LABEL = ("domaintune/pool", "gpu")
+GPU_TAINT_KEY = "nvidia.com/gpu"
+MLFLOW_SECRET = "domaintune-mlflow"
+S3_SECRET = "domaintune-s3"
+
+# (cpu request, cpu limit, memory request, memory limit): sized for a MiniLM/BERT-base job; the data
+# stages are light, finetune holds the model, optimizer states and batches.
+RESOURCES = {
+    "ingest": ("1", "2", "2Gi", "4Gi"),
+    "tokenize": ("2", "4", "4Gi", "8Gi"),
+    "pretrain": ("4", "8", "16Gi", "32Gi"),
+    "finetune": ("4", "8", "16Gi", "32Gi"),
+    "evaluate": ("2", "4", "8Gi", "16Gi"),
+    "export": ("2", "4", "8Gi", "16Gi"),
+    "register": ("1", "2", "4Gi", "8Gi"),
+}
+GPU_STAGES = ("pretrain", "finetune")
+# Retried where a retry is safe and can help: GPU pods get preempted (training resumes from its
+# checkpoint dir), and the registry is a network service (register is idempotent per pipeline run).
+# Data stages fail on bad input, which a retry cannot fix.
+RETRIES = {"pretrain": 2, "finetune": 2, "evaluate": 1, "register": 3}
+MLFLOW_ENV = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+              "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+          "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}
+
+
+def gpu_count() -> int:
+    """DOMAINTUNE_GPUS at compile time: 0 for CPU-only clusters, else 1, 2, 4, 8 or 16 per training pod."""
+    value = int(os.environ.get("DOMAINTUNE_GPUS", "1"))
+    if value not in (0, 1, 2, 4, 8, 16):
+        raise ValueError(f"DOMAINTUNE_GPUS must be 0, 1, 2, 4, 8 or 16 (got {value})")
+    return value
+
+
+def configure(task, stage: str):
+    cpu_req, cpu_lim, mem_req, mem_lim = RESOURCES[stage]
+    task.set_cpu_request(cpu_req).set_cpu_limit(cpu_lim).set_memory_request(mem_req).set_memory_limit(mem_lim)
+    task.set_display_name(stage)
+    if stage in GPU_STAGES and gpu_count():
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count())
+        kubernetes.add_node_selector(task, *GPU_NODE_LABEL)
+        kubernetes.add_toleration(task, key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")
+    if stage in RETRIES:
+        task.set_retry(num_retries=RETRIES[stage], backoff_duration="30s", backoff_factor=2.0,
+                       backoff_max_duration="600s")
+    # optional=True: a cluster with public data and an in-namespace MLflow needs neither secret.
+    kubernetes.use_secret_as_env(task, S3_SECRET, S3_ENV, optional=True)
+    if stage in ("evaluate", "register"):
+        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_ENV, optional=True)
+    return task
