@@ -14,10 +14,12 @@ COMMANDS = {
     "evaluate": "score a model (directory, ONNX file or models:/ URI) on a labeled file",
     "predict": "predict labels for texts or a file",
     "compile": "write the pipeline YAML for the KFP UI",
+    "submit": "upload (or version) the pipeline on a KFP cluster and start a run",
+    "schedule": "create a recurring retraining run on a KFP cluster (max one at a time, no catch-up)",
     "models": "list registered models and versions with aliases, metrics and gate status",
     "promote": "move an alias (default: champion) to a model version",
 }
-PIPELINE_COMMANDS = ("run",)  # commands whose flags are the pipeline's parameters
+PIPELINE_COMMANDS = ("run", "submit", "schedule")  # commands whose flags are the pipeline's parameters
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -32,10 +34,21 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file of pipeline parameters (snake_case keys); flags override it")
     run.add_argument("--output", help="run directory (default: ./domaintune-runs/<run id>)")
     run.add_argument("--verbose", action="store_true", help="stream every task's raw output")
+    for name in ("submit", "schedule"):
+        p = parsers[name]
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+        p.add_argument("--config", help="YAML file of pipeline parameters (snake_case keys); flags override it")
+        p.add_argument("--experiment", default="domaintune", help="KFP experiment (default: domaintune)")
+        p.add_argument("--pipeline-name", default="domaintune-training", help="pipeline name in the KFP UI")
+        p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
+        p.add_argument("--run-name", default=None, help="name of the run or recurring run")
+    parsers["schedule"].add_argument("--cron", required=True,
+                                     help="cron expression, 5 fields (or 6 with seconds); the run's data_version is its scheduled time")
     if argv[:1] and argv[0] in PIPELINE_COMMANDS:  # only then pay for importing the pipeline
         from domaintune.pipelines.params import add_param_flags, pipeline_params
 
-        add_param_flags(run, pipeline_params())
+        for name in PIPELINE_COMMANDS:
+            add_param_flags(parsers[name], pipeline_params())
 
     ev = parsers["evaluate"]
     ev.add_argument("--model", required=True, help="model directory, ONNX file, or models:/NAME@ALIAS | models:/NAME/N")
@@ -85,6 +98,31 @@ def cmd_run(args) -> int:
         return code
     print_summary(summary)
     return code
+
+
+def _cluster_params(args) -> dict:
+    """Only what the user set (config file or flags): everything else keeps the compiled defaults."""
+    from domaintune.pipelines.params import load_config, pipeline_params
+
+    params = pipeline_params()
+    chosen = load_config(args.config, params) if args.config else {}
+    chosen.update({p.name: getattr(args, p.name) for p in params if getattr(args, p.name) is not None})
+    return chosen
+
+
+def cmd_submit(args) -> int:
+    from domaintune.pipelines.cluster import submit
+
+    print(submit(args.host, _cluster_params(args), args.experiment, args.pipeline_name, args.run_name, args.namespace))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from domaintune.pipelines.cluster import schedule
+
+    print(schedule(args.host, args.cron, _cluster_params(args), args.experiment, args.pipeline_name, args.run_name,
+                   args.namespace))
+    return 0
 
 
 def print_summary(s: dict) -> None:
