@@ -42,6 +42,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         p.add_argument("--pipeline-name", default="domaintune-training", help="pipeline name in the KFP UI")
         p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
         p.add_argument("--run-name", default=None, help="name of the run or recurring run")
+        p.add_argument("--service-account", default="domaintune-pipeline-runner",
+                       help="Kubernetes ServiceAccount for the run's pods (k8s/base/pipeline); empty: KFP's default")
     parsers["schedule"].add_argument("--cron", required=True,
                                      help="cron expression, 5 fields (or 6 with seconds); the run's data_version is its scheduled time")
     if argv[:1] and argv[0] in PIPELINE_COMMANDS:  # only then pay for importing the pipeline
@@ -113,7 +115,8 @@ def _cluster_params(args) -> dict:
 def cmd_submit(args) -> int:
     from domaintune.pipelines.cluster import submit
 
-    print(submit(args.host, _cluster_params(args), args.experiment, args.pipeline_name, args.run_name, args.namespace))
+    print(submit(args.host, _cluster_params(args), args.experiment, args.pipeline_name, args.run_name, args.namespace,
+                 args.service_account))
     return 0
 
 
@@ -121,7 +124,7 @@ def cmd_schedule(args) -> int:
     from domaintune.pipelines.cluster import schedule
 
     print(schedule(args.host, args.cron, _cluster_params(args), args.experiment, args.pipeline_name, args.run_name,
-                   args.namespace))
+                   args.namespace, args.service_account))
     return 0
 
 

@@ -62,12 +62,13 @@ def _chatter_to_stderr():
 
 @_chatter_to_stderr()
 def submit(host: str, params: dict, experiment: str, pipeline_name: str, run_name: str | None,
-           namespace: str | None = None) -> str:
+           namespace: str | None = None, service_account: str = "") -> str:
     client = _client(host, namespace)
     pipeline_id, version_id = upload(client, pipeline_name)
     exp = client.create_experiment(experiment, namespace=namespace)
     run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or f"{pipeline_name}-run",
-                              params=params, pipeline_id=pipeline_id, version_id=version_id)
+                              params=params, pipeline_id=pipeline_id, version_id=version_id,
+                              service_account=service_account or None)
     return f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
 
 
@@ -83,7 +84,7 @@ def cron_6_fields(expr: str) -> str:
 
 @_chatter_to_stderr()
 def schedule(host: str, cron: str, params: dict, experiment: str, pipeline_name: str, job_name: str | None,
-             namespace: str | None = None) -> str:
+             namespace: str | None = None, service_account: str = "") -> str:
     cron = cron_6_fields(cron)
     if params.get("data_version"):
         raise BadInput("--data-version is set per run by the schedule (the scheduled time); don't pass it")
@@ -93,5 +94,5 @@ def schedule(host: str, cron: str, params: dict, experiment: str, pipeline_name:
     job = client.create_recurring_run(
         experiment_id=exp.experiment_id, job_name=job_name or f"{pipeline_name}-retrain", cron_expression=cron,
         max_concurrency=1, no_catchup=True, params={**params, "data_version": SCHEDULED_TIME},
-        pipeline_id=pipeline_id, version_id=version_id)
+        pipeline_id=pipeline_id, version_id=version_id, service_account=service_account or None)
     return f"{host.rstrip('/')}/#/recurringrun/details/{job.recurring_run_id}"

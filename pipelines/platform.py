@@ -11,6 +11,7 @@ from kfp import kubernetes
 GPU_NODE_LABEL = ("domaintune/pool", "gpu")
 GPU_TAINT_KEY = "nvidia.com/gpu"
 MLFLOW_SECRET = "domaintune-mlflow"
+IMAGE_UID = 10001
 S3_SECRET = "domaintune-s3"
 
 # (cpu request, cpu limit, memory request, memory limit): sized for a MiniLM/BERT-base job; the data
@@ -54,6 +55,8 @@ def configure(task, stage: str):
     if stage in RETRIES:
         task.set_retry(num_retries=RETRIES[stage], backoff_duration="30s", backoff_factor=2.0,
                        backoff_max_duration="600s")
+    # The image's non-root user (docker/Dockerfile*); pods must not fall back to root.
+    kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
     # optional=True: a cluster with public data and an in-namespace MLflow needs neither secret.
     kubernetes.use_secret_as_env(task, S3_SECRET, S3_ENV, optional=True)
     if stage in ("evaluate", "register"):

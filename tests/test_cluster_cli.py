@@ -92,6 +92,7 @@ def test_submit_uploads_then_runs_with_only_the_parameters_given(kfp_api, capsys
     assert run["display_name"] == "nightly"
     assert run["pipeline_version_reference"]["pipeline_id"] == "p-1"
     assert run["runtime_config"]["parameters"] == {"epochs": 2.0, "train_data": "s3://bucket/tickets.csv", "lora": True}
+    assert run["service_account"] == "domaintune-pipeline-runner"
 
 
 def test_submit_versions_an_existing_pipeline(kfp_api):
