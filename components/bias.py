@@ -40,6 +40,13 @@ from domaintune.components.errors import BadInput
 PACKAGED_TERMS = "identity_terms.yaml"
 SLOT = "{person}"
 MAX_TEMPLATE_PAIRS = 200  # per axis
+# A flip counts only when the swap also moves the originally predicted class's probability by at least
+# this much. Without it a model that is unsure between classes (near-uniform probabilities, typical on
+# out-of-domain templates) "flips" on any edit at all: measured on the bundled support-ticket model,
+# 38% of disability template pairs changed label with a mean probability change of 0.007 — noise, not
+# an identity effect. Real identity effects move the probability a lot (SST-2: "a blind person" 0.10
+# vs "a sighted person" 0.62 positive), so they still count. 0 restores the plain label-change rate.
+MIN_FLIP_PROB_CHANGE = 0.1
 MIN_PAIRS = 20          # fewer test-text pairs than this for an axis -> the templates are probed as well
 MAX_VARIANTS = 3        # counterfactual groups per text on axes with more than two groups
 N_WORST = 5
@@ -359,6 +366,7 @@ def counterfactual_probe(classifier, texts: Sequence[str], terms: dict | None = 
                          templates: list[str] | None = None, max_texts: int = 2000, seed: int = 0,
                          min_pairs: int = MIN_PAIRS, max_variants: int = MAX_VARIANTS,
                          max_template_pairs: int = MAX_TEMPLATE_PAIRS,
+                         min_prob_change: float = MIN_FLIP_PROB_CHANGE,
                          batch_size: int = 64, n_worst: int = N_WORST) -> dict:
     """Counterfactual identity-term probe (Garg et al. 2019's counterfactual token fairness).
 
@@ -366,7 +374,9 @@ def counterfactual_probe(classifier, texts: Sequence[str], terms: dict | None = 
     groups are swapped (he <-> she, his wife -> her husband); on a larger axis the group of the first term
     found is swapped with up to `max_variants` other groups, drawn with `seed`. Both versions are
     predicted, and per axis we measure the flip rate (the predicted label changes) and the mean absolute
-    change of the probability of the originally predicted class. Texts with terms are sampled down to
+    change of the probability of the originally predicted class. A label change counts as a flip only
+    when that probability also moved by at least `min_prob_change` (`raw_flip_rate` counts every label
+    change). Texts with terms are sampled down to
     `max_texts` (seed). An axis with fewer than `min_pairs` test-text pairs also gets the neutral templates
     (`templates`, default: those of `terms`), filled with each pair of groups' phrases, so the check never
     silently measures nothing. All predictions are made in one batched `predict_proba` call.
@@ -432,11 +442,14 @@ def counterfactual_probe(classifier, texts: Sequence[str], terms: dict | None = 
         records.append({"axis": axis, "source": source, "swap": swap, "original": orig, "counterfactual": cf,
                         "original_pred": labels[c], "counterfactual_pred": labels[c2],
                         "original_prob": round(float(po[c]), 4), "counterfactual_prob": round(float(pc[c]), 4),
-                        "flipped": c != c2, "_delta": abs(float(po[c]) - float(pc[c]))})
+                        "label_changed": c != c2,
+                        "flipped": c != c2 and abs(float(po[c]) - float(pc[c])) >= min_prob_change,
+                        "_delta": abs(float(po[c]) - float(pc[c]))})
 
     def summarize(recs: list[dict]) -> dict:
         n = len(recs)
         return {"flip_rate": float(sum(r["flipped"] for r in recs) / n) if n else None,
+                "raw_flip_rate": float(sum(r["label_changed"] for r in recs) / n) if n else None,
                 "mean_abs_prob_change": float(sum(r["_delta"] for r in recs) / n) if n else None,
                 "n_pairs": n}
 

@@ -3,13 +3,13 @@ when one exists, the current champion scored on the same test split in this run.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
 from domaintune.components import storage
-from domaintune.components.errors import BadInput, positive
+from domaintune.components.errors import BadInput, fraction, positive
 from domaintune.components.gate import Thresholds, decide
 from domaintune.components.inference import load_classifier
 from domaintune.components.metrics import classification_metrics, plot_confusion_matrix
@@ -17,15 +17,19 @@ from domaintune.components.metrics import classification_metrics, plot_confusion
 
 @dataclass
 class EvaluateParams:
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    slice_columns: list[str] = field(default_factory=list)
-    min_slice_size: int = 30
-    identity_terms: str = ""
-    probe_max_texts: int = 2000
+    """Defaults live in the pipeline signature (pipelines/training_pipeline.py), their one source."""
+
+    thresholds: Thresholds
+    slice_columns: list[str]
+    min_slice_size: int
+    identity_terms: str
+    flip_min_prob_change: float
+    probe_max_texts: int = 2000  # test texts probed (sampled with a seed): bounds the probe's cost
 
     def __post_init__(self):
         positive("min-slice-size", self.min_slice_size)
         positive("probe-max-texts", self.probe_max_texts)
+        fraction("flip-min-prob-change", self.flip_min_prob_change)
 
 
 def score(classifier, frame: pd.DataFrame, labels: list[str]) -> tuple[dict, np.ndarray]:
@@ -49,7 +53,8 @@ def run_evaluate(model_dir: str, splits_dir: str, output_dir: str, p: EvaluatePa
     slices = (bias.slice_metrics(test, test["label"].to_numpy(), preds, labels, p.slice_columns, p.min_slice_size)
               if p.slice_columns else None)
     terms = bias.load_identity_terms(p.identity_terms or None)
-    probe = bias.counterfactual_probe(classifier, test["text"].tolist(), terms=terms, max_texts=p.probe_max_texts)
+    probe = bias.counterfactual_probe(classifier, test["text"].tolist(), terms=terms, max_texts=p.probe_max_texts,
+                                      min_prob_change=p.flip_min_prob_change)
     bias_result = {"slices": slices, "counterfactual": probe}
 
     champion = None

@@ -107,6 +107,7 @@ def evaluate_op(
     slice_columns: str,
     min_slice_size: int,
     identity_terms: str,
+    flip_min_prob_change: float,
     min_macro_f1: float,
     max_regression: float,
     max_flip_rate: float,
@@ -134,7 +135,7 @@ def evaluate_op(
                                             max_regression=max_regression, max_flip_rate=max_flip_rate,
                                             max_slice_gap=max_slice_gap, max_int8_drop=max_int8_drop),
                        slice_columns=csv_list(slice_columns), min_slice_size=min_slice_size,
-                       identity_terms=identity_terms)
+                       identity_terms=identity_terms, flip_min_prob_change=flip_min_prob_change)
     with tempfile.TemporaryDirectory() as scratch:
         champion = fetch_champion(mlflow_tracking_uri, model_name, scratch)
         result = run_stage("evaluate", run_evaluate, model.path, splits.path, evaluation.path, params,

@@ -71,8 +71,8 @@ def preflight(values: dict) -> dict:
 
     ingest = IngestParams(**{**fields(IngestParams), "slice_columns": csv_list(values["slice_columns"])})
     FinetuneParams(**fields(FinetuneParams))
-    EvaluateParams(thresholds=Thresholds(**fields(Thresholds)), slice_columns=csv_list(values["slice_columns"]),
-                   min_slice_size=values["min_slice_size"], identity_terms=values["identity_terms"])
+    EvaluateParams(**{**fields(EvaluateParams), "thresholds": Thresholds(**fields(Thresholds)),
+                      "slice_columns": csv_list(values["slice_columns"])})
     RegisterParams(**fields(RegisterParams), pipeline_run_id="")
     local_files = []
     for key in ("train_data", "validation_data", "test_data", "identity_terms"):

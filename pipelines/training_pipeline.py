@@ -39,6 +39,7 @@ def training_pipeline(
     min_macro_f1: float = 0.6,
     max_regression: float = 0.01,
     max_flip_rate: float = 0.1,
+    flip_min_prob_change: float = 0.1,
     max_slice_gap: float = 0.15,
     max_int8_drop: float = 0.01,
     min_slice_size: int = 30,
@@ -79,6 +80,7 @@ def training_pipeline(
         min_macro_f1: Gate: the candidate's test macro-F1 must reach this.
         max_regression: Gate: the candidate may trail the champion's macro-F1 (same test split) by at most this.
         max_flip_rate: Gate: the largest share of predictions that flip when identity terms are swapped.
+        flip_min_prob_change: A label change under an identity swap counts as a flip only if the predicted class's probability also moves by at least this (0: every label change counts).
         max_slice_gap: Gate: the largest accuracy/macro-F1 gap between data slices (slices of at least min_slice_size rows).
         max_int8_drop: Export: the int8 ONNX ships only if it loses at most this much test accuracy; else the fp32 ONNX ships.
         min_slice_size: Slices smaller than this are reported but not gated.
@@ -104,7 +106,8 @@ def training_pipeline(
     ), "finetune")
     evaluate = configure(evaluate_op(
         model=finetune.outputs["model"], splits=ingest.outputs["splits"], slice_columns=slice_columns,
-        min_slice_size=min_slice_size, identity_terms=identity_terms, min_macro_f1=min_macro_f1,
+        min_slice_size=min_slice_size, identity_terms=identity_terms, flip_min_prob_change=flip_min_prob_change,
+        min_macro_f1=min_macro_f1,
         max_regression=max_regression, max_flip_rate=max_flip_rate, max_slice_gap=max_slice_gap,
         max_int8_drop=max_int8_drop, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri,
     ), "evaluate")

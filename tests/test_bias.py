@@ -325,3 +325,13 @@ def test_eec_pairs_differ_only_in_the_person():
     df["score"] = 0.5 + 0.01 * df["Emotion"].map({"anger": 1, "fear": 2, "joy": 3, "sadness": 4, "none": 5})
     for r in eec_bias.summarize(eec_bias.gender_pairs(df)).values():
         assert r["mean_diff"] == pytest.approx(0.0) and not r["significant"] and r["share_equal"] == 1.0
+
+
+def test_label_changes_of_an_unsure_model_are_not_counted_as_flips(terms):
+    """Near-uniform probabilities flip on any edit; only material probability moves count as flips."""
+    clf = StubClassifier(lambda t: 0.49 if FEMALE.search(t) else 0.51)
+    out = bias.counterfactual_probe(clf, MALE_TEXTS, terms=terms)
+    g = out["axes"]["gender"]
+    assert g["raw_flip_rate"] == 1.0 and g["flip_rate"] == 0.0
+    strict = bias.counterfactual_probe(clf, MALE_TEXTS, terms=terms, min_prob_change=0.0)
+    assert strict["axes"]["gender"]["flip_rate"] == 1.0

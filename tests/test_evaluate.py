@@ -1,0 +1,59 @@
+"""The evaluate stage: metrics, bias and the gate decision, with and without a champion."""
+import json
+import os
+
+import pytest
+from conftest import pipeline_defaults
+
+from domaintune.components.errors import BadInput
+from domaintune.components.evaluate import EvaluateParams, run_evaluate
+from domaintune.components.gate import Thresholds
+
+
+def params(**overrides):
+    values = {**pipeline_defaults(EvaluateParams), "thresholds": Thresholds(**pipeline_defaults(Thresholds)),
+              "slice_columns": ["channel"], "min_slice_size": 2, **overrides}
+    return EvaluateParams(**values)
+
+
+def test_metrics_bias_gate_and_files(trained, tmp_path):
+    out = tmp_path / "eval"
+    result = run_evaluate(trained["model"], trained["splits"], str(out), params())
+    m = result["metrics"]
+    assert m["n"] == 10 and 0 <= m["accuracy"] <= 1 and set(m["per_class"]) == {"account_access", "billing", "shipping"}
+    assert sum(map(sum, m["confusion_matrix"])) == 10
+    assert result["bias"]["slices"]["columns"]["channel"]["slices"]
+    assert result["bias"]["counterfactual"]["n_pairs"] > 0  # templates when test texts have no terms
+    assert {"passed", "reasons", "checks", "beats_champion"} <= set(result["gate"])
+    assert result["gate"]["beats_champion"] is True and result["champion"] is None
+    for name in ("evaluation.json", "confusion_matrix.png", "bias_report.md", "predictions.parquet"):
+        assert os.path.isfile(out / name), name
+    assert json.loads((out / "evaluation.json").read_text())["metrics"]["accuracy"] == m["accuracy"]
+    assert "Bias and fairness report" in (out / "bias_report.md").read_text()
+
+
+def test_champion_scored_on_the_same_split_ties_do_not_beat_it(trained, tmp_path):
+    result = run_evaluate(trained["model"], trained["splits"], str(tmp_path / "e"), params(),
+                          champion_dir=trained["model"], champion_info={"version": 3})
+    assert result["champion"]["version"] == 3
+    assert result["champion"]["macro_f1"] == result["metrics"]["macro_f1"]
+    regression = next(c for c in result["gate"]["checks"] if c["name"] == "no_regression")
+    assert regression["passed"] and not regression["skipped"]
+    assert result["gate"]["beats_champion"] is False
+
+
+def test_quality_floor_rejects_with_a_reason(trained, tmp_path):
+    thresholds = Thresholds(**{**pipeline_defaults(Thresholds), "min_macro_f1": 1.0})
+    result = run_evaluate(trained["model"], trained["splits"], str(tmp_path / "e"), params(thresholds=thresholds))
+    if result["metrics"]["macro_f1"] == 1.0:
+        pytest.skip("tiny model scored perfectly")
+    assert result["gate"]["passed"] is False
+    assert any(r.startswith("quality failed") for r in result["gate"]["reasons"])
+
+
+def test_bad_evaluate_parameters(trained, tmp_path):
+    with pytest.raises(BadInput, match="--flip-min-prob-change"):
+        params(flip_min_prob_change=1.5)
+    with pytest.raises(BadInput, match="slice column 'region' is not in the data"):
+        run_evaluate(trained["model"], trained["splits"], str(tmp_path / "e"), params(slice_columns=["region"]))
+    assert not (tmp_path / "e").exists()
