@@ -42,11 +42,18 @@ def test_champion_scored_on_the_same_split_ties_do_not_beat_it(trained, tmp_path
     assert result["gate"]["beats_champion"] is False
 
 
-def test_quality_floor_rejects_with_a_reason(trained, tmp_path):
-    thresholds = Thresholds(**{**pipeline_defaults(Thresholds), "min_macro_f1": 1.0})
-    result = run_evaluate(trained["model"], trained["splits"], str(tmp_path / "e"), params(thresholds=thresholds))
-    if result["metrics"]["macro_f1"] == 1.0:
-        pytest.skip("tiny model scored perfectly")
+def test_an_untrained_classifier_is_rejected_by_the_quality_floor(trained, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    labels = ["account_access", "billing", "shipping"]
+    untrained = AutoModelForSequenceClassification.from_pretrained(
+        trained["base"], num_labels=3, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    untrained.save_pretrained(tmp_path / "untrained")
+    AutoTokenizer.from_pretrained(trained["base"]).save_pretrained(tmp_path / "untrained")
+    result = run_evaluate(str(tmp_path / "untrained"), trained["splits"], str(tmp_path / "e"), params())
+    assert result["metrics"]["macro_f1"] < 0.6
     assert result["gate"]["passed"] is False
     assert any(r.startswith("quality failed") for r in result["gate"]["reasons"])
 
