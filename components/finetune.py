@@ -168,6 +168,9 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,
+        # Optimizer and scheduler states only matter for resuming; without a checkpoint dir to resume
+        # from, writing them (2x the model) every epoch is pure cost.
+        save_only_model=not p.checkpoint_dir,
         load_best_model_at_end=True,
         metric_for_best_model="macro_f1",
         greater_is_better=True,
