@@ -58,6 +58,53 @@ def tokenize_op(
     tokens.metadata.update({name: s["examples"] for name, s in stats["splits"].items()})
 
 
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def wants_pretraining_op(domain_corpus: str, pretrain_on_train_text: bool) -> bool:
+    """KFP conditions cannot say "or"; this one-liner lets the pipeline branch on DAPT-or-TAPT."""
+    return bool(domain_corpus) or pretrain_on_train_text
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def pretrain_op(
+    splits: Input[Dataset],
+    base_model: str,
+    s3_endpoint_url: str,
+    domain_corpus: str,
+    pretrain_on_train_text: bool,
+    corpus_text_column: str,
+    mlm_epochs: float,
+    mlm_max_steps: int,
+    mlm_learning_rate: float,
+    mlm_probability: float,
+    whole_word_masking: bool,
+    mlm_batch_size: int,
+    mlm_head_warmup_steps: int,
+    max_length: int,
+    precision: str,
+    seed: int,
+    checkpoint_dir: str,
+    model: Output[Model],
+    pretrain_report: Output[Artifact],
+):
+    import os
+
+    from domaintune.components.models import resolve_model
+    from domaintune.components.pretrain import PretrainParams, run_pretrain
+    from domaintune.components.runtime import run_stage
+
+    params = run_stage("pretrain", PretrainParams, domain_corpus=domain_corpus,
+                       pretrain_on_train_text=pretrain_on_train_text, corpus_text_column=corpus_text_column,
+                       mlm_epochs=mlm_epochs, mlm_max_steps=mlm_max_steps, mlm_learning_rate=mlm_learning_rate,
+                       mlm_probability=mlm_probability, whole_word_masking=whole_word_masking,
+                       mlm_batch_size=mlm_batch_size, mlm_head_warmup_steps=mlm_head_warmup_steps,
+                       max_length=max_length, precision=precision, seed=seed,
+                       # its own subfolder: finetune must never resume from a masked-LM checkpoint
+                       checkpoint_dir=os.path.join(checkpoint_dir, "pretrain") if checkpoint_dir else "",
+                       s3_endpoint_url=s3_endpoint_url)
+    model_dir = run_stage("pretrain", resolve_model, base_model, s3_endpoint_url)
+    run_stage("pretrain", run_pretrain, splits.path, model_dir, model.path, pretrain_report.path, params)
+
+
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def finetune_op(
     tokens: Input[Dataset],
@@ -80,24 +127,45 @@ def finetune_op(
     history: Output[Artifact],
     training_metrics: Output[Metrics],
 ):
-    import json
-
-    from domaintune.components.finetune import FinetuneParams, run_finetune
     from domaintune.components.models import resolve_model
-    from domaintune.components.runtime import run_stage
+    from domaintune.components.runtime import finetune_task, run_stage
 
-    params = run_stage("finetune", FinetuneParams, epochs=epochs, learning_rate=learning_rate,
-                       batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                       early_stopping_patience=early_stopping_patience, seed=seed, lora=lora, lora_r=lora_r,
-                       lora_alpha=lora_alpha, lora_dropout=lora_dropout, precision=precision,
-                       checkpoint_dir=checkpoint_dir)
     model_dir = run_stage("finetune", resolve_model, base_model, s3_endpoint_url)
-    result = run_stage("finetune", run_finetune, tokens.path, model_dir, model.path, history.path, params)
-    for key in ("accuracy", "macro_f1"):
-        training_metrics.log_metric(f"validation_{key}", result["validation"][key])
-    training_metrics.log_metric("examples_per_second", result["examples_per_second"])
-    with open(training_metrics.path, "w") as f:  # a real file, so local caching can hit
-        json.dump(training_metrics.metadata, f)
+    finetune_task(tokens.path, model_dir, model, history, training_metrics, epochs=epochs,
+                  learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
+                  warmup_ratio=warmup_ratio, early_stopping_patience=early_stopping_patience, seed=seed, lora=lora,
+                  lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, precision=precision,
+                  checkpoint_dir=checkpoint_dir)
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def finetune_adapted_op(
+    tokens: Input[Dataset],
+    adapted_model: Input[Model],
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    weight_decay: float,
+    warmup_ratio: float,
+    early_stopping_patience: int,
+    seed: int,
+    lora: bool,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    precision: str,
+    checkpoint_dir: str,
+    model: Output[Model],
+    history: Output[Artifact],
+    training_metrics: Output[Metrics],
+):
+    from domaintune.components.runtime import finetune_task
+
+    finetune_task(tokens.path, adapted_model.path, model, history, training_metrics, epochs=epochs,
+                  learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
+                  warmup_ratio=warmup_ratio, early_stopping_patience=early_stopping_patience, seed=seed, lora=lora,
+                  lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, precision=precision,
+                  checkpoint_dir=checkpoint_dir)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -153,12 +221,38 @@ def evaluate_op(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def export_op(
+    model: Input[Model],
+    splits: Input[Dataset],
+    max_int8_drop: float,
+    max_parity_diff: float,
+    int8_per_channel: bool,
+    int8_reduce_range: bool,
+    export_latency_runs: int,
+    onnx: Output[Model],
+    export_report: Output[Markdown],
+):
+    import os
+    import shutil
+
+    from domaintune.components.export import run_export
+    from domaintune.components.runtime import run_stage
+
+    report = run_stage("export", run_export, model.path, os.path.join(splits.path, "test.parquet"), onnx.path,
+                       max_parity_diff=max_parity_diff, max_int8_drop=max_int8_drop, per_channel=int8_per_channel,
+                       reduce_range=int8_reduce_range, latency_runs=export_latency_runs)
+    shutil.copy(os.path.join(onnx.path, "export_report.md"), export_report.path)
+    onnx.metadata.update({"deployable": report.get("deployable")})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register_op(
     model: Input[Model],
     data_report: Input[Artifact],
     tokens: Input[Dataset],
     history: Input[Artifact],
     evaluation: Input[Artifact],
+    onnx: Input[Model],
     model_name: str,
     experiment_name: str,
     mlflow_tracking_uri: str,
@@ -166,7 +260,7 @@ def register_op(
     base_model: str,
     pipeline_run_id: str,
     summary: Output[Artifact],
-):
+) -> str:
     import os
 
     from domaintune.components.register import RegisterParams, RunInputs, run_register
@@ -177,6 +271,8 @@ def register_op(
                        pipeline_run_id=pipeline_run_id, base_model=base_model)
     inputs = RunInputs(model_dir=model.path, data_report=data_report.path,
                        token_stats=os.path.join(tokens.path, "token_stats.json"), history=history.path,
-                       evaluation_dir=evaluation.path)
+                       evaluation_dir=evaluation.path, export_dir=onnx.path)
     result = run_stage("register", run_register, inputs, summary.path, params)
     summary.metadata.update({"status": result["status"], "version": result["registry"]["version"]})
+    # Also returned as a parameter: kfp.local can pick a parameter (not an artifact) out of dsl.OneOf.
+    return summary.path

@@ -33,3 +33,23 @@ def run_stage(stage: str, fn, *args, **kwargs):
 
 def csv_list(value: str) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def finetune_task(tokens_dir: str, model_dir: str, model, history, training_metrics, **params) -> dict:
+    """The body both finetune components share (from the base model, or from the pretrained encoder)."""
+    from domaintune.components.finetune import FinetuneParams, run_finetune
+
+    p = run_stage("finetune", FinetuneParams, **params)
+    result = run_stage("finetune", run_finetune, tokens_dir, model_dir, model.path, history.path, p)
+    pretrained = os.path.join(model_dir, "pretrain.json")
+    if os.path.isfile(pretrained):  # the encoder came from the pretrain stage: keep its report with the run
+        with open(pretrained) as f:
+            result["pretrain"] = json.load(f)
+        with open(history.path, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    for key in ("accuracy", "macro_f1"):
+        training_metrics.log_metric(f"validation_{key}", result["validation"][key])
+    training_metrics.log_metric("examples_per_second", result["examples_per_second"])
+    with open(training_metrics.path, "w") as f:  # a real file, so local caching can hit
+        json.dump(training_metrics.metadata, f)
+    return result

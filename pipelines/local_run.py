@@ -74,8 +74,12 @@ def preflight(values: dict) -> dict:
     EvaluateParams(**{**fields(EvaluateParams), "thresholds": Thresholds(**fields(Thresholds)),
                       "slice_columns": csv_list(values["slice_columns"])})
     RegisterParams(**fields(RegisterParams), pipeline_run_id="")
+    if values["domain_corpus"] or values["pretrain_on_train_text"]:
+        from domaintune.components.pretrain import PretrainParams
+
+        PretrainParams(**fields(PretrainParams))
     local_files = []
-    for key in ("train_data", "validation_data", "test_data", "identity_terms"):
+    for key in ("train_data", "validation_data", "test_data", "identity_terms", "domain_corpus"):
         uri = values[key] or (ingest.train_data if key == "train_data" else "")
         if uri and not uri.startswith("s3://"):
             if not os.path.isfile(uri):
@@ -240,7 +244,7 @@ def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tu
             return None, int(monitor.error["code"]), f"{monitor.error['stage']}: {monitor.error['message']}"
         return None, 1, f"{ANSI.sub('', failure)}; full log: {log_path}"
 
-    summary = storage.read_json(task.output.path)
+    summary = storage.read_json(task.output)  # the summary's path, returned by register
     with storage.atomic_dir(out) as tmp:
         artifacts = summary.pop("artifacts", {})
         shutil.copytree(artifacts["model"], os.path.join(tmp, "model"), copy_function=_link_or_copy)

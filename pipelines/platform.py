@@ -17,6 +17,7 @@ S3_SECRET = "domaintune-s3"
 # (cpu request, cpu limit, memory request, memory limit): sized for a MiniLM/BERT-base job; the data
 # stages are light, finetune holds the model, optimizer states and batches.
 RESOURCES = {
+    "plan": ("100m", "500m", "256Mi", "512Mi"),
     "ingest": ("1", "2", "2Gi", "4Gi"),
     "tokenize": ("2", "4", "4Gi", "8Gi"),
     "pretrain": ("4", "8", "16Gi", "32Gi"),

@@ -15,7 +15,7 @@ def list_models(name: str | None, tracking_uri: str = "") -> str:
     names = [name] if name else sorted(m.name for m in c.search_registered_models())
     if not names:
         return "no registered models"
-    lines = [f"{'model':<28}{'version':>8}  {'aliases':<22}{'macro-F1':>9}  {'gate':<8}  created"]
+    lines = [f"{'model':<28}{'version':>8}  {'aliases':<22}{'macro-F1':>9}{'accuracy':>9}  {'gate':<9}{'serving':<11}created"]
     for model_name in names:
         try:
             aliases = c.get_registered_model(model_name).aliases
@@ -26,8 +26,9 @@ def list_models(name: str | None, tracking_uri: str = "") -> str:
             by_version.setdefault(str(version), []).append(alias)
         for v in sorted(c.search_model_versions(f"name = '{model_name}'"), key=lambda v: -int(v.version)):
             created = dt.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
-            lines.append(f"{model_name:<28}{v.version:>8}  {','.join(sorted(by_version.get(str(v.version), []))):<22}"
-                         f"{v.tags.get('test_macro_f1', '-'):>9}  {v.tags.get('gate', '-'):<8}  {created}")
+            lines.append(f"{model_name:<28}{v.version:>8}  {','.join(sorted(by_version.get(str(v.version), []))) or '-':<22}"
+                         f"{v.tags.get('test_macro_f1', '-'):>9}{v.tags.get('test_accuracy', '-'):>9}  "
+                         f"{v.tags.get('gate', '-'):<9}{v.tags.get('serving', '-'):<11}{created}")
     return "\n".join(lines)
 
 
@@ -42,7 +43,7 @@ def promote(name: str, version: int, alias: str, force: bool, reason: str, track
     if mv.tags.get("gate") != "passed" and not force:
         raise BadInput(f"{name} v{version}: its gate did not pass (gate={mv.tags.get('gate', 'unknown')}); use --force to override")
     previous = registry.alias_version(c, name, alias)
-    c.set_registered_model_alias(name, alias, str(version))
+    registry.set_alias(c, name, alias, version)
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for key, value in {f"{alias}.promoted_by": getpass.getuser(), f"{alias}.promoted_at": stamp,
                        f"{alias}.reason": reason or "-", f"{alias}.forced": str(force).lower(),

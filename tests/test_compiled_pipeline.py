@@ -6,7 +6,12 @@ import yaml
 from domaintune.pipelines.compile import DEFAULT_PATH
 from domaintune.pipelines.platform import RESOURCES, RETRIES
 
-STAGES = ("ingest", "tokenize", "finetune", "evaluate", "register")
+# task name in the compiled spec -> stage (the tail after fine-tuning is wired in both branches)
+TASKS = {"ingest-op": "ingest", "tokenize-op": "tokenize", "pretrain-op": "pretrain", "finetune-op": "finetune",
+         "finetune-adapted-op": "finetune", "evaluate-op": "evaluate", "evaluate-op-2": "evaluate",
+         "export-op": "export", "export-op-2": "export", "register-op": "register", "register-op-2": "register",
+         "wants-pretraining-op": "plan"}
+GPU = ("pretrain-op", "finetune-op", "finetune-adapted-op")
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +21,19 @@ def spec():
     return docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def executor(pipeline, stage):
-    task = pipeline["root"]["dag"]["tasks"][f"{stage}-op"]
-    return task, pipeline["deploymentSpec"]["executors"][f"exec-{stage}-op"]["container"]
+def all_tasks(pipeline):
+    dags = [pipeline["root"]["dag"]] + [c["dag"] for c in pipeline["components"].values() if "dag" in c]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()}
+
+
+def executor(pipeline, task_name):
+    return all_tasks(pipeline)[task_name], pipeline["deploymentSpec"]["executors"][f"exec-{task_name}"]["container"]
+
+
+def test_every_task_is_known(spec):
+    pipeline, _ = spec
+    names = {n for n, t in all_tasks(pipeline).items() if "componentRef" in t and n.endswith(("-op", "-op-2"))}
+    assert names == set(TASKS)
 
 
 def test_parameters_are_typed_with_defaults_and_descriptions(spec):
@@ -31,56 +46,65 @@ def test_parameters_are_typed_with_defaults_and_descriptions(spec):
         assert "defaultValue" in p or p.get("isOptional"), name
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_every_stage_has_requests_limits_and_runs_as_the_image_user(spec, stage):
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_stage_has_requests_limits_and_runs_as_the_image_user(spec, name):
     pipeline, k8s = spec
-    task, container = executor(pipeline, stage)
+    stage = TASKS[name]
+    task, container = executor(pipeline, name)
     res = container["resources"]
     cpu_req, cpu_lim, mem_req, mem_lim = RESOURCES[stage]
     assert res["resourceCpuRequest"] == cpu_req and res["resourceCpuLimit"] == cpu_lim
     assert res["resourceMemoryRequest"] == mem_req and res["resourceMemoryLimit"] == mem_lim
-    ctx = k8s[f"exec-{stage}-op"]["securityContext"]
+    ctx = k8s[f"exec-{name}"]["securityContext"]
     assert ctx["runAsNonRoot"] is True and int(ctx["runAsUser"]) == 10001
-    secrets = {s["secretName"] for s in k8s[f"exec-{stage}-op"]["secretAsEnv"]}
+    secrets = {s["secretName"] for s in k8s[f"exec-{name}"]["secretAsEnv"]}
     assert "domaintune-s3" in secrets
     assert ("domaintune-mlflow" in secrets) == (stage in ("evaluate", "register"))
     inline = {e["name"] for e in container.get("env", [])}  # credentials only ever come from Secrets
     assert not inline & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"}
 
 
-def test_finetune_requests_a_gpu_on_the_gpu_pool(spec):
+def test_training_stages_request_a_gpu_on_the_gpu_pool(spec):
     pipeline, k8s = spec
-    _, container = executor(pipeline, "finetune")
-    assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert container["resources"]["accelerator"]["resourceCount"] == "1"
-    assert k8s["exec-finetune-op"]["nodeSelector"]["labels"] == {"domaintune/pool": "gpu"}
-    assert k8s["exec-finetune-op"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
-    for stage in ("ingest", "tokenize", "evaluate", "register"):
-        assert "accelerator" not in executor(pipeline, stage)[1]["resources"]
-        assert "nodeSelector" not in k8s[f"exec-{stage}-op"]
+    for name in TASKS:
+        _, container = executor(pipeline, name)
+        if name in GPU:
+            assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert container["resources"]["accelerator"]["resourceCount"] == "1"
+            assert k8s[f"exec-{name}"]["nodeSelector"]["labels"] == {"domaintune/pool": "gpu"}
+            assert k8s[f"exec-{name}"]["tolerations"] == [
+                {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+            assert container["image"].endswith("-cuda")
+        else:
+            assert "accelerator" not in container["resources"], name
+            assert "nodeSelector" not in k8s[f"exec-{name}"], name
 
 
 def test_retries_only_where_safe_and_caching_off_where_state_lives_outside(spec):
     pipeline, _ = spec
-    for stage in STAGES:
-        task, _ = executor(pipeline, stage)
-        retries = task.get("retryPolicy", {}).get("maxRetryCount", 0)
-        assert retries == RETRIES.get(stage, 0), stage
+    tasks = all_tasks(pipeline)
+    for name, stage in TASKS.items():
+        retries = tasks[name].get("retryPolicy", {}).get("maxRetryCount", 0)
+        assert retries == RETRIES.get(stage, 0), name
         if retries:
-            assert task["retryPolicy"]["backoffDuration"] == "30s"
-    tasks = pipeline["root"]["dag"]["tasks"]
-    assert tasks["ingest-op"]["cachingOptions"].get("enableCache") is True
-    assert not tasks["evaluate-op"]["cachingOptions"].get("enableCache")
-    assert not tasks["register-op"]["cachingOptions"].get("enableCache")
+            assert tasks[name]["retryPolicy"]["backoffDuration"] == "30s"
+        cached = tasks[name]["cachingOptions"].get("enableCache", False)
+        assert cached == (stage not in ("evaluate", "register")), name
     # data_version feeds ingest, so retraining on new data under the same URI never reuses old splits
-    ingest_inputs = tasks["ingest-op"]["inputs"]["parameters"]
-    assert ingest_inputs["data_version"]["componentInputParameter"] == "data_version"
+    assert tasks["ingest-op"]["inputs"]["parameters"]["data_version"]["componentInputParameter"] == "data_version"
+
+
+def test_pretraining_is_a_condition_and_the_summary_comes_from_either_branch(spec):
+    pipeline, _ = spec
+    branches = pipeline["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    conditions = sorted(t["triggerPolicy"]["condition"] for t in branches.values())
+    assert len(conditions) == 2 and all("wants-pretraining-op" in c for c in conditions)
+    assert pipeline["root"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRING"
 
 
 def test_components_use_the_project_image_without_installing_kfp(spec):
     pipeline, _ = spec
-    for stage in STAGES:
-        _, container = executor(pipeline, stage)
+    for name in TASKS:
+        _, container = executor(pipeline, name)
         assert container["image"].startswith("ghcr.io/domaintune/domaintune:")
         assert "pip install" not in " ".join(container["command"] + container.get("args", []))
-    assert executor(pipeline, "finetune")[1]["image"].endswith("-cuda")
