@@ -13,7 +13,7 @@ SUMMARY_KEYS = ["status", "metrics.test.accuracy", "metrics.test.macro_f1", "bia
                 "export", "registry.model_name", "registry.version", "registry.aliases", "model_dir"]
 TINY_ARGS = ["--train-data", TINY, "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-4",
              "--validation-fraction", "0.2", "--test-fraction", "0.2", "--min-macro-f1", "0.3",
-             "--max-flip-rate", "1", "--model-name", "tickets"]
+             "--max-flip-rate", "1", "--model-name", "tickets", "--export-latency-runs", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_bad_data_inside_the_pipeline_exits_2_and_leaves_nothing(workdir, tmp_pa
 
 
 def test_rejected_candidate_exits_3_logs_reasons_and_registers_nothing(workdir):
-    code, out, err = run(workdir, "--min-macro-f1", "1.0", "--max-flip-rate", "0")
+    code, out, err = run(workdir, "--min-macro-f1", "1.0", "--max-flip-rate", "0", "--flip-min-prob-change", "0")
     summary, _ = latest_summary(workdir)
     if summary["metrics"]["test"]["macro_f1"] == 1.0 and summary["bias"]["counterfactual"]["max_axis_flip_rate"] == 0:
         pytest.skip("the tiny model happened to be perfect and flip-free")
