@@ -259,6 +259,16 @@ def register_op(
     auto_promote: bool,
     base_model: str,
     pipeline_run_id: str,
+    domain_corpus: str,
+    pretrain_on_train_text: bool,
+    corpus_text_column: str,
+    mlm_epochs: float,
+    mlm_max_steps: int,
+    mlm_learning_rate: float,
+    mlm_probability: float,
+    whole_word_masking: bool,
+    mlm_batch_size: int,
+    mlm_head_warmup_steps: int,
     summary: Output[Artifact],
 ) -> str:
     import os
@@ -268,7 +278,13 @@ def register_op(
 
     params = run_stage("register", RegisterParams, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri,
                        experiment_name=experiment_name, auto_promote=auto_promote,
-                       pipeline_run_id=pipeline_run_id, base_model=base_model)
+                       pipeline_run_id=pipeline_run_id, base_model=base_model,
+                       # pretraining runs in one branch only: its parameters reach the MLflow run from here
+                       pipeline_params=dict(domain_corpus=domain_corpus, pretrain_on_train_text=pretrain_on_train_text,
+                                            corpus_text_column=corpus_text_column, mlm_epochs=mlm_epochs,
+                                            mlm_max_steps=mlm_max_steps, mlm_learning_rate=mlm_learning_rate,
+                                            mlm_probability=mlm_probability, whole_word_masking=whole_word_masking,
+                                            mlm_batch_size=mlm_batch_size, mlm_head_warmup_steps=mlm_head_warmup_steps))
     inputs = RunInputs(model_dir=model.path, data_report=data_report.path,
                        token_stats=os.path.join(tokens.path, "token_stats.json"), history=history.path,
                        evaluation_dir=evaluation.path, export_dir=onnx.path)

@@ -194,7 +194,8 @@ class Monitor:
 
 
 def stage_name(task: str) -> str:
-    return task.removesuffix("-op")
+    """evaluate-op-2 -> evaluate: the tail after fine-tuning is wired once per pipeline branch."""
+    return re.sub(r"-op(-\d+)?$", "", task)
 
 
 def fmt_seconds(seconds: float) -> str:

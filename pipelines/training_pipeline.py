@@ -12,7 +12,8 @@ PIPELINE_NAME = "domaintune-training"
 def evaluate_export_register(finetune, ingest, tokenize, slice_columns, min_slice_size, identity_terms,
                              flip_min_prob_change, min_macro_f1, max_regression, max_flip_rate, max_slice_gap,
                              max_int8_drop, max_parity_diff, int8_per_channel, int8_reduce_range, export_latency_runs,
-                             model_name, experiment_name, mlflow_tracking_uri, auto_promote, base_model):
+                             model_name, experiment_name, mlflow_tracking_uri, auto_promote, base_model,
+                             pretraining_params):
     """The stages after fine-tuning, wired the same way in each branch."""
     evaluate = configure(evaluate_op(
         model=finetune.outputs["model"], splits=ingest.outputs["splits"], slice_columns=slice_columns,
@@ -32,6 +33,7 @@ def evaluate_export_register(finetune, ingest, tokenize, slice_columns, min_slic
         history=finetune.outputs["history"], evaluation=evaluate.outputs["evaluation"], onnx=export.outputs["onnx"],
         model_name=model_name, experiment_name=experiment_name, mlflow_tracking_uri=mlflow_tracking_uri,
         auto_promote=auto_promote, base_model=base_model, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **pretraining_params,
     ), "register")
     register.set_caching_options(False)  # registry state is outside the cache's view
     return register
@@ -176,7 +178,10 @@ def training_pipeline(
                 max_int8_drop=max_int8_drop, max_parity_diff=max_parity_diff, int8_per_channel=int8_per_channel,
                 int8_reduce_range=int8_reduce_range, export_latency_runs=export_latency_runs, model_name=model_name,
                 experiment_name=experiment_name, mlflow_tracking_uri=mlflow_tracking_uri, auto_promote=auto_promote,
-                base_model=base_model)
+                base_model=base_model,
+                pretraining_params={k: v for k, v in pretraining.items()
+                                    if k not in ("splits", "base_model", "s3_endpoint_url", "max_length", "precision",
+                                                 "seed", "checkpoint_dir")})
     with dsl.If(wants.output == True, name="pretrain-first"):  # noqa: E712 (a pipeline condition)
         pretrain = configure(pretrain_op(**pretraining), "pretrain")
         adapted = configure(finetune_adapted_op(tokens=tokenize.outputs["tokens"],
