@@ -254,6 +254,10 @@ def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tu
         for name in ("data_report", "history"):
             shutil.copy(artifacts[name], os.path.join(tmp, "reports", f"{name}.json"))
         shutil.copy(log_path, os.path.join(tmp, "pipeline.log"))
+        card = summary.pop("model_card", None)
+        if card:
+            with open(os.path.join(tmp, "model_card.md"), "w") as f:
+                f.write(card)
         summary.update({"model_dir": os.path.join(out, "model"), "output_dir": out, "run_id": run_id,
                         "wall_seconds": round(seconds, 1), "stages": [
                             {k: (round(v, 2) if k == "seconds" else v) for k, v in s.items() if k in ("name", "status", "seconds")}

@@ -281,7 +281,7 @@ def test_mlflow_server(built):
         assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
         uri_ref = env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]
         secret = _find(docs, "Secret", uri_ref["name"], MLFLOW_NAMESPACE)
-        assert _secret_data(secret)["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+        assert _secret_data(secret)["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             assert c[probe]["httpGet"]["path"] == "/health", probe
         (cm_ref,) = [e["configMapRef"]["name"] for e in c["envFrom"] if "configMapRef" in e]

@@ -34,7 +34,7 @@ MINIO_ROOT_USER=$minio_user
 MINIO_ROOT_PASSWORD=$minio_password
 EOT
 cat > mlflow-server.env <<EOT
-MLFLOW_BACKEND_STORE_URI=postgresql://mlflow:$pg_password@postgres.domaintune.svc.cluster.local:5432/mlflow
+MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://mlflow:$pg_password@postgres.domaintune.svc.cluster.local:5432/mlflow
 AWS_ACCESS_KEY_ID=$minio_user
 AWS_SECRET_ACCESS_KEY=$minio_password
 EOT
