@@ -122,6 +122,7 @@ def finetune_op(
     lora_alpha: int,
     lora_dropout: float,
     precision: str,
+    freeze_embeddings: bool,
     checkpoint_dir: str,
     model: Output[Model],
     history: Output[Artifact],
@@ -135,7 +136,7 @@ def finetune_op(
                   learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
                   warmup_ratio=warmup_ratio, early_stopping_patience=early_stopping_patience, seed=seed, lora=lora,
                   lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, precision=precision,
-                  checkpoint_dir=checkpoint_dir)
+                  freeze_embeddings=freeze_embeddings, checkpoint_dir=checkpoint_dir)
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
@@ -154,6 +155,7 @@ def finetune_adapted_op(
     lora_alpha: int,
     lora_dropout: float,
     precision: str,
+    freeze_embeddings: bool,
     checkpoint_dir: str,
     model: Output[Model],
     history: Output[Artifact],
@@ -165,7 +167,7 @@ def finetune_adapted_op(
                   learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
                   warmup_ratio=warmup_ratio, early_stopping_patience=early_stopping_patience, seed=seed, lora=lora,
                   lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, precision=precision,
-                  checkpoint_dir=checkpoint_dir)
+                  freeze_embeddings=freeze_embeddings, checkpoint_dir=checkpoint_dir)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -9,8 +9,8 @@ from conftest import TINY, ingest_params, pipeline_defaults
 
 from domaintune.components.errors import BadInput
 from domaintune.components.models import resolve_model
-from domaintune.components.pretrain import (PretrainParams, Blocks, make_collator, run_pretrain, split_and_pack,
-                                            tokenize_docs, pack_blocks)
+from domaintune.components.pretrain import (Blocks, PretrainParams, make_collator, pack_blocks, read_corpus,
+                                            run_pretrain, split_and_pack, tokenize_docs)
 from domaintune.components.tokenization import load_tokenizer
 
 # The recommended defaults (bench/BENCHMARKS.md, "Domain-adaptive pretraining"); the pipeline signature is their
@@ -20,7 +20,7 @@ RECOMMENDED = dict(domain_corpus="", pretrain_on_train_text=False, corpus_text_c
                    mlm_batch_size=32, mlm_head_warmup_steps=200, max_length=128, precision="auto", seed=42,
                    checkpoint_dir="", s3_endpoint_url="")
 # Small enough for two shared CPU cores: blocks of 32 tokens, a dozen steps.
-FAST = dict(max_length=32, mlm_batch_size=8, mlm_max_steps=12, mlm_epochs=20.0, mlm_head_warmup_steps=6,
+FAST = dict(max_length=32, mlm_batch_size=8, mlm_max_steps=10, mlm_epochs=20.0, mlm_head_warmup_steps=4,
             mlm_learning_rate=5e-4)
 
 
@@ -98,7 +98,8 @@ def test_dapt_learns_and_reports_before_and_after(tiny_run):
     assert ppl["before"] > 1 and ppl["after"] > 1 and ppl["heldout_masked_tokens"] > 0
     assert ppl["untrained_head"] > ppl["before"]  # the head warm-up is what makes "before" meaningful
     assert "head-only" in ppl["method"] and report["head_warmup"]["steps"] == FAST["mlm_head_warmup_steps"]
-    assert all(n.startswith("predictions.") for n in report["head_warmup"]["trained"])
+    assert report["head_warmup"]["trained"] and all(n.startswith("cls.predictions.") for n in report["head_warmup"]["trained"])
+    assert "cls.predictions.decoder.weight" not in report["head_warmup"]["trained"]  # tied to the frozen embeddings
     training = report["training"]
     assert training["steps"] == FAST["mlm_max_steps"]
     assert training["tokens_seen"] == FAST["mlm_max_steps"] * FAST["mlm_batch_size"] * FAST["max_length"]
@@ -150,6 +151,23 @@ def test_tapt_on_the_train_split_feeds_finetune(base, tmp_path):
     assert history["global_steps"] > 0 and os.path.isfile(tmp_path / "model" / "model.safetensors")
 
 
+def test_a_retry_resumes_from_the_checkpoint_dir(base, tmp_path, monkeypatch):
+    import domaintune.components.pretrain as pretrain
+
+    monkeypatch.setattr(pretrain, "MIN_SAVE_STEPS", 2)
+    ckpt = tmp_path / "ckpt"
+    first = run_pretrain("", base, str(tmp_path / "m1"), str(tmp_path / "r1.json"),
+                         pretrain_params(domain_corpus=TINY, mlm_max_steps=4, mlm_head_warmup_steps=2,
+                                         checkpoint_dir=str(ckpt)))
+    assert first["training"]["resumed_from"] is None and (ckpt / "pretrain" / "checkpoint-4").is_dir()
+    second = run_pretrain("", base, str(tmp_path / "m2"), str(tmp_path / "r2.json"),
+                          pretrain_params(domain_corpus=TINY, mlm_max_steps=6, mlm_head_warmup_steps=2,
+                                          checkpoint_dir=str(ckpt)))
+    assert second["training"]["resumed_from"] == str(ckpt / "pretrain" / "checkpoint-4")
+    assert second["training"]["steps"] == 6
+    assert second["perplexity"]["before"] == first["perplexity"]["before"]  # recorded once, not re-measured
+
+
 def _write(path, data: bytes):
     with open(path, "wb") as f:
         f.write(data)
@@ -171,6 +189,23 @@ def test_bad_corpus_names_the_file_and_writes_nothing(base, tmp_path, name, data
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
     assert not out.exists()
+
+
+def test_corpus_from_s3(monkeypatch):
+    from moto import mock_aws
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="corpora")
+        boto3.client("s3").put_object(Bucket="corpora", Key="news/reuters.txt", Body=b"\xef\xbb\xbfShares rose.\n\nBonds  fell\n")
+        docs, sha = read_corpus("s3://corpora/news/reuters.txt", "text")
+        assert docs == ["Shares rose.", "Bonds fell"] and len(sha) == 64
+        with pytest.raises(BadInput, match="^s3://corpora/news/missing.txt: no such object or prefix$"):
+            read_corpus("s3://corpora/news/missing.txt", "text")
 
 
 def test_tapt_without_a_train_split(base, tmp_path):

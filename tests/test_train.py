@@ -101,3 +101,21 @@ def test_dataclass_fields_are_pipeline_parameters():
     names = {p.name for p in pipeline_params()}
     assert set(FinetuneParams.__dataclass_fields__) <= names
     assert set(ingest_params().__dataclass_fields__) <= names
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_embeddings_keeps_the_word_embeddings_and_trains_the_rest(trained, tmp_path, freeze):
+    from safetensors import safe_open
+
+    history = run_finetune(trained["tokens"], trained["base"], str(tmp_path / "m"), str(tmp_path / "h.json"),
+                           finetune_params(epochs=1, batch_size=16, freeze_embeddings=freeze))
+    with safe_open(os.path.join(trained["base"], "model.safetensors"), "pt") as f:
+        base = {k.removeprefix("bert."): f.get_tensor(k) for k in f.keys()}
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        tuned = {k.removeprefix("bert."): f.get_tensor(k) for k in f.keys()}
+    words = "embeddings.word_embeddings.weight"
+    assert history["parameters"]["frozen_input_embeddings"] == (base[words].numel() if freeze else 0)
+    assert history["cheap_cpu_dropout_modules"] > 0
+    assert (base[words].equal(tuned[words])) == freeze
+    for name in ("embeddings.position_embeddings.weight", "encoder.layer.0.attention.self.query.weight"):
+        assert not base[name].equal(tuned[name]), name  # everything else still trains
