@@ -18,10 +18,7 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from bench import _common  # noqa: E402,F401  (sets the measuring environment before torch is imported)
 
 DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 FPB = os.path.join(DATA, "financial_phrasebank")
@@ -47,7 +44,7 @@ def mean_sd(values: list[float]) -> dict:
             "values": [round(v, 4) for v in values]}
 
 
-def throughput(base: str, corpus: str, max_length: int, batch_size: int, steps: int, precision: str, seed: int) -> dict:
+def throughput(base: str, docs: list[str], max_length: int, batch_size: int, steps: int, precision: str, seed: int) -> dict:
     """Masked-LM training steps on the same model, same batch size: packed blocks vs each document padded to
     max_length vs padded to the longest in its batch. Steps are interleaved (pack, pad, dynamic, pack, ...) so
     the other load on a shared machine hits all three alike. Counts real (non-pad) tokens."""
@@ -55,12 +52,11 @@ def throughput(base: str, corpus: str, max_length: int, batch_size: int, steps: 
     import torch
     from transformers import AutoModelForMaskedLM
 
-    from domaintune.components.pretrain import (Blocks, autocast, make_collator, mlm_loss, read_corpus,
-                                                split_and_pack, tokenize_docs)
+    from domaintune.components.pretrain import (Blocks, autocast, make_collator, mlm_loss, split_and_pack,
+                                                tokenize_docs)
     from domaintune.components.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(base)
-    docs, _ = read_corpus(corpus, "text")
     packed, _, stats = split_and_pack(tokenizer, docs, max_length, seed, offsets=False)
     tokenizer.model_max_length = max_length
     full = tokenizer(docs, truncation=True, max_length=max_length, return_special_tokens_mask=True)
@@ -187,13 +183,21 @@ def main() -> int:
     arms = [a for a in args.arms.split(",") if a]
     result = {"base_model": "all-MiniLM-L6-v2", "corpus": args.corpus, "task": "financial_phrasebank dev",
               "finetune_params": ft_defaults, "seeds": seeds, "cpu_count": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "limit_train": args.limit_train or None}
+              "torch_threads": torch.get_num_threads(), "limit_train": args.limit_train or None,
+              "machine": _common.machine()}
 
     if args.throughput_steps:
+        import pandas as pd
+
+        from domaintune.components.pretrain import read_corpus
+
         started = time.monotonic()
-        result["mlm_throughput"] = throughput(base, args.corpus, pre.max_length, pre.mlm_batch_size,
-                                              args.throughput_steps, pick_precision(pre.precision), pre.seed)
-        result["mlm_throughput"]["wall_seconds"] = round(time.monotonic() - started, 1)
+        corpora = {"reuters (DAPT corpus)": read_corpus(args.corpus, "text")[0],
+                   "fpb train text (TAPT corpus)": pd.read_parquet(os.path.join(splits, "train.parquet"))["text"].tolist()}
+        result["mlm_throughput"] = {
+            name: throughput(base, docs, pre.max_length, pre.mlm_batch_size, args.throughput_steps,
+                             pick_precision(pre.precision), pre.seed) for name, docs in corpora.items()}
+        result["mlm_throughput_wall_seconds"] = round(time.monotonic() - started, 1)
 
     dapt_dir = args.dapt_model
     if "dapt" in arms and not dapt_dir:
@@ -255,11 +259,12 @@ def print_table(r: dict) -> None:
         q = p["perplexity"]
         print(f"held-out perplexity: untrained head {q['untrained_head']}, after head warm-up (before) {q['before']} "
               f"[half warm-up {q['head_warmup_half']}], after DAPT {q['after']}")
-    if "mlm_throughput" in r:
-        m = r["mlm_throughput"]
-        print(f"MLM throughput, batch {m['batch_size']} x {m['max_length']}, {m['steps']} steps each ({m['precision']}): "
-              + " | ".join(f"{k} {m[k]['real_tokens_per_second']:.0f} real tok/s ({m[k]['real_token_share']:.0%} real)"
-                           for k in ("packed", "padded_to_max_length", "padded_per_batch")))
+    for name, m in r.get("mlm_throughput", {}).items():
+        print(f"MLM throughput on {name}, batch {m['batch_size']} x {m['max_length']}, {m['steps']} interleaved steps "
+              f"each ({m['precision']}): " + " | ".join(
+                  f"{k} {m[k]['real_tokens_per_second']:.0f} real tok/s ({m[k]['real_token_share']:.0%} real, "
+                  f"{m[k]['corpus_tokens_usable_share']:.0%} of corpus usable)"
+                  for k in ("packed", "padded_to_max_length", "padded_per_batch")))
     print(f"bench wall {r['wall_seconds']:.0f} s; load average start {r['load_average']['start']} "
           f"end {r['load_average']['end']} on {r['cpu_count']} cores, {r['torch_threads']} torch thread(s)")
 
