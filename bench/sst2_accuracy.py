@@ -24,11 +24,13 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", required=True)
+    ap.add_argument("--work", help="scratch directory, kept (default: a temporary one)")
     ap.add_argument("extra", nargs="*", help="more `domaintune run` flags, after --")
     args = ap.parse_args()
     if not os.path.isdir(DATA):
         sys.exit(f"needs {os.path.abspath(DATA)}")
-    work = tempfile.mkdtemp(prefix="bench-sst2-")
+    work = args.work or tempfile.mkdtemp(prefix="bench-sst2-")
+    os.makedirs(work, exist_ok=True)
     train = pd.read_csv(os.path.join(DATA, "train.tsv"), sep="\t", quoting=3)
     train.sample(n=args.rows, random_state=args.seed).to_csv(os.path.join(work, "train.tsv"), sep="\t", index=False)
     dev = os.path.abspath(os.path.join(DATA, "dev.tsv"))
@@ -44,10 +46,16 @@ def main() -> int:
         sys.stderr.write(proc.stderr[-3000:])
         return proc.returncode or 1
     s = json.load(open(summary_path))
+    history_path = os.path.join(work, "run", "reports", "history.json")
+    history = json.load(open(history_path)) if os.path.isfile(history_path) else {}
     result = {
         "rows": args.rows, "epochs": args.epochs, "exit_code": proc.returncode,
         "dev_accuracy": s["metrics"]["test"]["accuracy"], "dev_macro_f1": s["metrics"]["test"]["macro_f1"],
         "train_examples_per_second": s["training"]["examples_per_second"],
+        "train_examples_per_second_steps": history.get("examples_per_second_steps"),
+        "finetune_timing": history.get("timing"), "train_tokens": history.get("train_tokens"),
+        "export": {k: (s.get("export") or {}).get(k) for k in ("deployable", "reason", "metrics", "int8_accuracy_drop", "sizes", "latency")},
+        "run_dir": os.path.join(work, "run"),
         "train_seconds": s["training"]["train_seconds"], "precision": s["training"]["precision"],
         "pipeline_wall_seconds": round(wall, 1), "stages": s["stages"], "gate": s["gate"]["reasons"],
         "cpu_count": os.cpu_count(),
