@@ -182,9 +182,15 @@ def build_model(model_dir: str, labels: list[str], p: FinetuneParams):
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 
-    # TaskType.SEQ_CLS keeps the new classification head trainable (modules_to_save).
+    # TaskType.SEQ_CLS keeps the new classification head trainable (modules_to_save). The pooler is trained
+    # in full too where the model has one: BERT's classifier reads the pooled [CLS] vector, and a frozen pooler
+    # from a checkpoint trained with mean pooling (sentence-transformers, such as the packaged MiniLM) starves
+    # it. Measured on 4,000 SST-2 rows, 1 epoch, lr 5e-4: dev accuracy 0.575 -> 0.770 for 148k more
+    # trainable weights at the same speed (bench/BENCHMARKS.md).
+    pooler = [name for name, _ in model.named_modules() if name.split(".")[-1] == "pooler"]
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=p.lora_r, lora_alpha=p.lora_alpha,
-                        lora_dropout=p.lora_dropout, target_modules=["query", "value"])
+                        lora_dropout=p.lora_dropout, target_modules=["query", "value"],
+                        modules_to_save=["classifier", "pooler"] if pooler else None)
     return get_peft_model(model, config)
 
 

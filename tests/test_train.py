@@ -70,6 +70,12 @@ def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(trained, tmp_
     with safe_open(str(tmp_path / "lora" / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert not [k for k in keys if "lora_" in k]  # merged: a plain BERT classifier
+    with safe_open(os.path.join(trained["base"], "model.safetensors"), "pt") as f:
+        base_pooler = f.get_tensor("pooler.dense.weight")
+        base_key = f.get_tensor("encoder.layer.0.attention.self.key.weight")
+    with safe_open(str(tmp_path / "lora" / "model.safetensors"), "pt") as f:
+        assert not f.get_tensor("bert.pooler.dense.weight").equal(base_pooler)  # trained with the head
+        assert f.get_tensor("bert.encoder.layer.0.attention.self.key.weight").equal(base_key)  # not a LoRA target
     assert load_classifier(str(tmp_path / "lora")).predict_proba(["hello"]).shape == (1, 3)
 
 
