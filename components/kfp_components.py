@@ -64,6 +64,15 @@ def wants_pretraining_op(domain_corpus: str, pretrain_on_train_text: bool) -> bo
     return bool(domain_corpus) or pretrain_on_train_text
 
 
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def champion_op(model_name: str, mlflow_tracking_uri: str) -> str:
+    """The version number holding `champion` now ("" when none): evaluate's cache key includes it."""
+    from domaintune.components.registry import champion_version
+    from domaintune.components.runtime import run_stage
+
+    return run_stage("champion", champion_version, mlflow_tracking_uri, model_name)
+
+
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def pretrain_op(
     splits: Input[Dataset],
@@ -185,6 +194,7 @@ def evaluate_op(
     max_int8_drop: float,
     model_name: str,
     mlflow_tracking_uri: str,
+    champion_version: str,
     evaluation: Output[Artifact],
     test_metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
@@ -207,7 +217,7 @@ def evaluate_op(
                        slice_columns=csv_list(slice_columns), min_slice_size=min_slice_size,
                        identity_terms=identity_terms, flip_min_prob_change=flip_min_prob_change)
     with tempfile.TemporaryDirectory() as scratch:
-        champion = fetch_champion(mlflow_tracking_uri, model_name, scratch)
+        champion = fetch_champion(mlflow_tracking_uri, model_name, scratch, champion_version)
         result = run_stage("evaluate", run_evaluate, model.path, splits.path, evaluation.path, params,
                            *(champion or (None, None)))
     metrics = result["metrics"]

@@ -21,6 +21,7 @@ import os
 import platform
 import random
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -434,9 +435,17 @@ def run_register(inputs: RunInputs, summary_path: str, p: RegisterParams) -> dic
             if registry.move_challenger(c, p.model_name, version.version):
                 aliases.append(registry.CHALLENGER)
             if should_promote(gate, p.auto_promote):
-                registry.set_alias(c, p.model_name, registry.CHAMPION, version.version)
-                c.set_model_version_tag(p.model_name, version.version, "champion.promoted_by", "auto-promote")
-                aliases.append(registry.CHAMPION)
+                # The gate compared with the champion of evaluation time; if it moved since, this candidate
+                # was never compared with the new one and must not replace it.
+                compared = (gate.get("champion") or {}).get("version")
+                current = registry.alias_version(c, p.model_name, registry.CHAMPION)
+                if (int(current.version) if current else None) == compared:
+                    registry.set_alias(c, p.model_name, registry.CHAMPION, version.version)
+                    c.set_model_version_tag(p.model_name, version.version, "champion.promoted_by", "auto-promote")
+                    aliases.append(registry.CHAMPION)
+                else:
+                    print(f"register: not auto-promoted: champion is now v{current.version if current else None}, "
+                          f"evaluation compared with v{compared}", file=sys.stderr)
 
         summary = {
             "status": "registered" if gate["passed"] else "rejected",

@@ -172,13 +172,25 @@ def download_part(c, mv, dest: str, prefer: tuple[str, ...]) -> tuple[str, str]:
                    f"{sorted(paths) or 'none'}, expected {' or '.join(prefer)})")
 
 
-def fetch_champion(uri: str, model_name: str, dest: str) -> tuple[str, dict] | None:
-    """Download the champion's Hugging Face directory, or None when there is no champion yet.
+def champion_version(uri: str, model_name: str) -> str:
+    """The version number holding `champion` now, or "" when there is none. The pipeline resolves it once,
+    before evaluation, and passes it to evaluate as a parameter: evaluate's cache key then names the champion
+    it was compared with, so a rerun reuses the evaluation until the champion changes."""
+    version = alias_version(client(uri), model_name, CHAMPION)
+    return "" if version is None else str(version.version)
+
+
+def fetch_champion(uri: str, model_name: str, dest: str, version_number: str | None = None) -> tuple[str, dict] | None:
+    """Download the champion's Hugging Face directory, or None when there is no champion yet. With
+    `version_number` ("" meaning none), that version rather than the alias's current holder.
 
     The Hugging Face model, not the ONNX export: the gate compares candidate and champion scored the same
     way (PyTorch) on the same test split."""
     c = client(uri)
-    version = alias_version(c, model_name, CHAMPION)
+    if version_number is None:
+        version = alias_version(c, model_name, CHAMPION)
+    else:
+        version = c.get_model_version(model_name, version_number) if version_number else None
     if version is None:
         return None
     _, local = download_part(c, version, dest, (HF_ARTIFACT,))

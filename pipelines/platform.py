@@ -18,6 +18,7 @@ S3_SECRET = "domaintune-s3"
 # stages are light, finetune holds the model, optimizer states and batches.
 RESOURCES = {
     "plan": ("100m", "500m", "256Mi", "512Mi"),
+    "champion": ("100m", "1", "512Mi", "1Gi"),
     "ingest": ("1", "2", "2Gi", "4Gi"),
     "tokenize": ("2", "4", "4Gi", "8Gi"),
     "pretrain": ("4", "8", "16Gi", "32Gi"),
@@ -30,7 +31,7 @@ GPU_STAGES = ("pretrain", "finetune")
 # Retried where a retry is safe and can help: GPU pods get preempted (training resumes from its
 # checkpoint dir), and the registry is a network service (register is idempotent per pipeline run).
 # Data stages fail on bad input, which a retry cannot fix.
-RETRIES = {"pretrain": 2, "finetune": 2, "evaluate": 1, "register": 3}
+RETRIES = {"pretrain": 2, "finetune": 2, "champion": 3, "evaluate": 1, "register": 3}
 MLFLOW_ENV = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
               "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
 S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
@@ -60,6 +61,6 @@ def configure(task, stage: str):
     kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
     # optional=True: a cluster with public data and an in-namespace MLflow needs neither secret.
     kubernetes.use_secret_as_env(task, S3_SECRET, S3_ENV, optional=True)
-    if stage in ("evaluate", "register"):
+    if stage in ("champion", "evaluate", "register"):
         kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_ENV, optional=True)
     return task

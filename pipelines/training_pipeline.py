@@ -2,7 +2,7 @@
 flags, config-file keys and the compiled YAML's inputs all come from it."""
 from kfp import dsl
 
-from domaintune.components.kfp_components import (evaluate_op, export_op, finetune_adapted_op, finetune_op, ingest_op,
+from domaintune.components.kfp_components import (champion_op, evaluate_op, export_op, finetune_adapted_op, finetune_op, ingest_op,
                                                   pretrain_op, register_op, tokenize_op, wants_pretraining_op)
 from domaintune.pipelines.platform import configure
 
@@ -15,14 +15,18 @@ def evaluate_export_register(finetune, ingest, tokenize, slice_columns, min_slic
                              model_name, experiment_name, mlflow_tracking_uri, auto_promote, base_model,
                              pretraining_params):
     """The stages after fine-tuning, wired the same way in each branch."""
+    # Resolved after fine-tuning, never cached: evaluate compares with the champion of that moment, and its
+    # own cache key names that version, so an identical rerun reuses the evaluation until the champion moves.
+    champion = configure(champion_op(model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri), "champion")
+    champion.after(finetune)
+    champion.set_caching_options(False)
     evaluate = configure(evaluate_op(
         model=finetune.outputs["model"], splits=ingest.outputs["splits"], slice_columns=slice_columns,
         min_slice_size=min_slice_size, identity_terms=identity_terms, flip_min_prob_change=flip_min_prob_change,
         min_macro_f1=min_macro_f1, max_regression=max_regression, max_flip_rate=max_flip_rate,
         max_slice_gap=max_slice_gap, max_int8_drop=max_int8_drop, model_name=model_name,
-        mlflow_tracking_uri=mlflow_tracking_uri,
-    ), "evaluate")
-    evaluate.set_caching_options(False)  # the champion it compares against can change between runs
+        mlflow_tracking_uri=mlflow_tracking_uri, champion_version=champion.output,
+    ), "evaluate")  # cached: its key names the champion version it compares with
     export = configure(export_op(
         model=finetune.outputs["model"], splits=ingest.outputs["splits"], max_int8_drop=max_int8_drop,
         max_parity_diff=max_parity_diff, int8_per_channel=int8_per_channel, int8_reduce_range=int8_reduce_range,

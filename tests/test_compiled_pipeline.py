@@ -10,7 +10,7 @@ from domaintune.pipelines.platform import RESOURCES, RETRIES
 TASKS = {"ingest-op": "ingest", "tokenize-op": "tokenize", "pretrain-op": "pretrain", "finetune-op": "finetune",
          "finetune-adapted-op": "finetune", "evaluate-op": "evaluate", "evaluate-op-2": "evaluate",
          "export-op": "export", "export-op-2": "export", "register-op": "register", "register-op-2": "register",
-         "wants-pretraining-op": "plan"}
+         "wants-pretraining-op": "plan", "champion-op": "champion", "champion-op-2": "champion"}
 GPU = ("pretrain-op", "finetune-op", "finetune-adapted-op")
 
 
@@ -59,7 +59,7 @@ def test_every_stage_has_requests_limits_and_runs_as_the_image_user(spec, name):
     assert ctx["runAsNonRoot"] is True and int(ctx["runAsUser"]) == 10001
     secrets = {s["secretName"] for s in k8s[f"exec-{name}"]["secretAsEnv"]}
     assert "domaintune-s3" in secrets
-    assert ("domaintune-mlflow" in secrets) == (stage in ("evaluate", "register"))
+    assert ("domaintune-mlflow" in secrets) == (stage in ("champion", "evaluate", "register"))
     inline = {e["name"] for e in container.get("env", [])}  # credentials only ever come from Secrets
     assert not inline & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"}
 
@@ -89,7 +89,12 @@ def test_retries_only_where_safe_and_caching_off_where_state_lives_outside(spec)
         if retries:
             assert tasks[name]["retryPolicy"]["backoffDuration"] == "30s"
         cached = tasks[name]["cachingOptions"].get("enableCache", False)
-        assert cached == (stage not in ("evaluate", "register")), name
+        # evaluate is cached: its key carries the champion version the uncached champion task resolved
+        assert cached == (stage not in ("champion", "register")), name
+    for branch in ("", "-2"):
+        assert tasks[f"champion-op{branch}"]["dependentTasks"] == [f"finetune{'-adapted' if branch == '' else ''}-op"]
+        evaluate = tasks[f"evaluate-op{branch}"]["inputs"]["parameters"]["champion_version"]
+        assert evaluate["taskOutputParameter"]["producerTask"] == f"champion-op{branch}"
     # data_version feeds ingest, so retraining on new data under the same URI never reuses old splits
     assert tasks["ingest-op"]["inputs"]["parameters"]["data_version"]["componentInputParameter"] == "data_version"
 

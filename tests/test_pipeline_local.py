@@ -81,6 +81,8 @@ def test_second_identical_run_reuses_cached_stages(workdir):
     assert len(runs) == 2 and summary["registry"]["version"] == 2
     stages = {s["name"]: s["status"] for s in summary["stages"]}
     assert stages["finetune"] == "cached" and stages["register"] == "done"
+    # no champion moved in between: the evaluation is reused; the champion lookup itself never is
+    assert stages["evaluate"] == "cached" and stages["champion"] == "done"
 
 
 def test_bad_data_inside_the_pipeline_exits_2_and_leaves_nothing(workdir, tmp_path):
@@ -106,3 +108,15 @@ def test_rejected_candidate_exits_3_logs_reasons_and_registers_nothing(workdir):
     with sqlite3.connect(workdir / "mlflow.db") as con:
         tags = dict(con.execute("select key, value from tags where run_uuid = ?", (summary["registry"]["run_id"],)))
     assert tags["gate"] == "rejected" and tags["gate.reasons"]
+
+
+def test_a_new_champion_invalidates_the_cached_evaluation(workdir):
+    code, _, err = cli("promote", "tickets", "--version", "1", "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+                       cwd=workdir)
+    assert code == 0, err
+    code, _, err = run(workdir)
+    assert code == 0, err[-3000:]
+    summary, _ = latest_summary(workdir)
+    stages = {s["name"]: s["status"] for s in summary["stages"]}
+    assert stages["finetune"] == "cached" and stages["evaluate"] == "done"  # compared with the new champion
+    assert summary["gate"]["champion"]["version"] == 1
