@@ -58,6 +58,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     ev.add_argument("--text-column", default="text")
     ev.add_argument("--label-column", default="label")
     ev.add_argument("--json", help="write the metrics as JSON here")
+    ev.add_argument("--tracking-uri", default="", help="MLflow tracking URI for models:/ references "
+                    "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")
 
     pr = parsers["predict"]
     pr.add_argument("--model", required=True, help="model directory, ONNX file, or models:/NAME@ALIAS | models:/NAME/N")
@@ -67,6 +69,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     pr.add_argument("--text-column", default="text")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--json", help="write predictions as JSON here")
+    pr.add_argument("--tracking-uri", default="", help="MLflow tracking URI for models:/ references "
+                    "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")
 
     co = parsers["compile"]
     co.add_argument("--output", help="default: pipelines/training_pipeline.yaml beside the pipeline code")
@@ -150,11 +154,11 @@ def print_summary(s: dict) -> None:
         print(f"  {key:<{width}}  {value}")
 
 
-def _load_model(ref: str, scratch: str):
+def _load_model(ref: str, scratch: str, tracking_uri: str = ""):
     from domaintune.components.inference import load_classifier
     from domaintune.components.registry import resolve_model_ref
 
-    return load_classifier(resolve_model_ref(ref, scratch))
+    return load_classifier(resolve_model_ref(ref, scratch, tracking_uri))
 
 
 def cmd_evaluate(args) -> int:
@@ -168,7 +172,7 @@ def cmd_evaluate(args) -> int:
         if column not in frame.columns:
             raise BadInput(f"{args.data}: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
     with tempfile.TemporaryDirectory() as scratch:
-        model = _load_model(args.model, scratch)
+        model = _load_model(args.model, scratch, args.tracking_uri)
         index = {label: i for i, label in enumerate(model.labels)}
         names = frame[args.label_column].map(_label_str)
         unknown = ~names.isin(list(index))
@@ -190,7 +194,7 @@ def cmd_predict(args) -> int:
     if args.batch_size <= 0:
         raise BadInput(f"--batch-size must be a positive integer (got {args.batch_size})")
     with tempfile.TemporaryDirectory() as scratch:
-        model = _load_model(args.model, scratch)
+        model = _load_model(args.model, scratch, args.tracking_uri)
         if args.text:
             texts = args.text
             probs = model.predict_proba(texts, batch_size=args.batch_size)

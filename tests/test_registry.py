@@ -474,6 +474,18 @@ def test_bad_models_ref_exits_2_with_one_line(outputs, store, tmp_path, tracking
     one_clear_line(capsys.readouterr().err, *needles)
 
 
+def test_tracking_uri_flag_finds_the_store_without_the_environment(outputs, store, tmp_path, capsys, monkeypatch):
+    if not mlflow_client(store["uri"]).search_model_versions("name = 'refs'"):
+        register(outputs, store, tmp_path, "refs", "kfp-f1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./mlflow.db here: only the flag can find the store
+    assert main(["predict", "--model", "models:/refs/1", "--text", "hello", "--tracking-uri", store["uri"]]) == 0
+    assert main(["evaluate", "--model", "models:/refs/1", "--data", TINY, "--tracking-uri", store["uri"]]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", "models:/refs/1", "--text", "hello"]) == 2  # and without it, it cannot
+    one_clear_line(capsys.readouterr().err, "models:/refs/1")
+
+
 def test_bad_models_ref_from_the_console_script(store, tracking, tmp_path):
     code, _, err = cli("evaluate", "--model", "models:/never-registered@champion", "--data", TINY, cwd=tmp_path)
     assert code == 2
