@@ -49,11 +49,10 @@ import pandas as pd
 
 from domaintune.components import storage
 from domaintune.components.errors import BadInput, DomaintuneError, positive
-from domaintune.components.inference import length_sorted_batches
+from domaintune.components.inference import length_sorted_batches, saved_max_length
 from domaintune.components.metrics import classification_metrics
 from domaintune.components.onnx_inference import (
     DISABLED_OPTIMIZERS, FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier, open_session, physical_cores,
-    saved_max_length,
 )
 
 OPSET = 17

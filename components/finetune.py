@@ -87,7 +87,9 @@ def compute_metrics(eval_pred) -> dict:
     return {"accuracy": accuracy_score(labels, preds), "macro_f1": f1_score(labels, preds, average="macro")}
 
 
-def _progress_callback():
+def progress_callback(stage: str, offset: int = 0, total: int | None = None, **fields):
+    """A Trainer callback that prints `progress` lines: about 100 per run, plus each evaluation. `offset`
+    and `total` place this Trainer's steps inside a longer stage (pretrain runs a head warm-up first)."""
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
@@ -95,19 +97,22 @@ def _progress_callback():
             self.started = time.monotonic()
             self.every = 1
 
+        def _total(self, state) -> int:
+            return total if total is not None else state.max_steps
+
         def on_train_begin(self, args, state, control, **kwargs):
             self.every = max(1, state.max_steps // 100)
-            progress("finetune", step=0, total=state.max_steps)
+            progress(stage, step=offset, total=self._total(state), **fields)
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % self.every == 0 or state.global_step == state.max_steps:
                 loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
-                progress("finetune", step=state.global_step, total=state.max_steps, loss=loss,
+                progress(stage, step=offset + state.global_step, total=self._total(state), loss=loss, **fields,
                          elapsed=round(time.monotonic() - self.started, 1))
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics:
-                progress("finetune", step=state.global_step, total=state.max_steps,
+                progress(stage, step=offset + state.global_step, total=self._total(state), **fields,
                          eval_macro_f1=metrics.get("eval_macro_f1"), eval_accuracy=metrics.get("eval_accuracy"))
 
     return ProgressCallback()
@@ -239,7 +244,7 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     # Checkpoints live outside the model artifact; a retried task that is given the same checkpoint dir
     # (a volume on a cluster) resumes from the last one.
     checkpoints = p.checkpoint_dir or os.path.join(os.path.dirname(os.path.abspath(output_dir)), "checkpoints")
-    resume = _last_checkpoint(checkpoints)
+    resume = last_checkpoint(checkpoints)
     steps_per_epoch = max(1, -(-len(train) // p.batch_size))
     args = TrainingArguments(
         output_dir=checkpoints,
@@ -279,7 +284,8 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience), _progress_callback()],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience),
+                   progress_callback("finetune")],
     )
     started, cpu_started = time.monotonic(), time.process_time()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -351,7 +357,7 @@ def _resumed_step(checkpoint: str | None) -> int:
         return 0
 
 
-def _last_checkpoint(directory: str) -> str | None:
+def last_checkpoint(directory: str) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(directory) if os.path.isdir(directory) else None

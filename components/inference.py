@@ -41,7 +41,7 @@ class HFClassifier:
         self.model.to(self.device)
         id2label = self.model.config.id2label
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
-        self.max_length = max_length or _saved_max_length(model_dir) or 128
+        self.max_length = max_length or saved_max_length(model_dir) or 128
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         import torch
@@ -58,7 +58,8 @@ class HFClassifier:
         return out
 
 
-def _saved_max_length(model_dir: str) -> int | None:
+def saved_max_length(model_dir: str) -> int | None:
+    """The max_length finetune trained with (domaintune.json), if the directory has one."""
     path = os.path.join(model_dir, "domaintune.json")
     if os.path.isfile(path):
         with open(path) as f:

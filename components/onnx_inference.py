@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from domaintune.components.errors import BadInput
-from domaintune.components.inference import length_sorted_batches
+from domaintune.components.inference import length_sorted_batches, saved_max_length
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -126,14 +126,6 @@ def resolve_model_file(ref: str) -> str:
     if not ref.endswith(".onnx"):
         raise BadInput(f"{ref}: not an .onnx file")
     return ref
-
-
-def saved_max_length(model_dir: str) -> int | None:
-    path = os.path.join(model_dir, "domaintune.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f).get("max_length")
-    return None
 
 
 def labels_from_config(model_dir: str) -> list[str]:

@@ -28,7 +28,8 @@ import numpy as np
 
 from domaintune.components import ingest, storage
 from domaintune.components.errors import BadInput, fraction, positive, require
-from domaintune.components.finetune import PRECISIONS, pick_precision, progress
+from domaintune.components.finetune import (PRECISIONS, last_checkpoint, pick_precision, progress,
+                                            progress_callback)
 
 HELDOUT_FRACTION = 0.05  # of the corpus tokens, in whole documents ...
 MAX_HELDOUT_BLOCKS = 256  # ... capped: ~32k tokens at block 128, ~4.8k masked tokens scored
@@ -469,32 +470,6 @@ def _trainer_class():
     return MaskedLMTrainer
 
 
-def _progress_callback(offset: int, total: int):
-    from transformers import TrainerCallback
-
-    class ProgressCallback(TrainerCallback):
-        def __init__(self):
-            self.started = time.monotonic()
-            self.every = 1
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.every = max(1, state.max_steps // 100)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-                loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
-                progress("pretrain", step=offset + state.global_step, total=total, loss=loss, phase="mlm",
-                         elapsed=round(time.monotonic() - self.started, 1))
-
-    return ProgressCallback()
-
-
-def _last_checkpoint(directory: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(directory) if os.path.isdir(directory) else None
-
-
 # ---------------------------------------------------------------------------------------------- stage
 
 
@@ -541,7 +516,7 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
 
     checkpoints = (os.path.join(p.checkpoint_dir, "pretrain") if p.checkpoint_dir
                    else os.path.join(os.path.dirname(os.path.abspath(output_dir)), "pretrain-checkpoints"))
-    resume = _last_checkpoint(checkpoints)
+    resume = last_checkpoint(checkpoints)
     before_path = os.path.join(checkpoints, "before.json")
     eval_batches = fixed_eval_batches(tokenizer, heldout, max(32, p.mlm_batch_size))
     if resume and os.path.isfile(before_path):  # the warmed-up head is in the checkpoint; "before" was recorded
@@ -588,7 +563,7 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=Blocks(train), processing_class=tokenizer,
         data_collator=make_collator(tokenizer, p.mlm_probability, p.whole_word_masking, p.seed),
-        callbacks=[_progress_callback(warmup_steps, total)],
+        callbacks=[progress_callback("pretrain", warmup_steps, total, phase="mlm")],
     )
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume)

@@ -180,19 +180,16 @@ def champion_version(uri: str, model_name: str) -> str:
     return "" if version is None else str(version.version)
 
 
-def fetch_champion(uri: str, model_name: str, dest: str, version_number: str | None = None) -> tuple[str, dict] | None:
-    """Download the champion's Hugging Face directory, or None when there is no champion yet. With
-    `version_number` ("" meaning none), that version rather than the alias's current holder.
+def fetch_champion(uri: str, model_name: str, dest: str, version_number: str) -> tuple[str, dict] | None:
+    """Download the Hugging Face directory of the champion version `champion_version` resolved, or None
+    when it found none ("").
 
     The Hugging Face model, not the ONNX export: the gate compares candidate and champion scored the same
     way (PyTorch) on the same test split."""
-    c = client(uri)
-    if version_number is None:
-        version = alias_version(c, model_name, CHAMPION)
-    else:
-        version = c.get_model_version(model_name, version_number) if version_number else None
-    if version is None:
+    if not version_number:
         return None
+    c = client(uri)
+    version = c.get_model_version(model_name, version_number)
     _, local = download_part(c, version, dest, (HF_ARTIFACT,))
     info = {"model_name": model_name, "version": int(version.version), "run_id": version.run_id}
     return local, info
