@@ -31,7 +31,7 @@ def defaults() -> dict:
 
 
 def finetune_params(**overrides):
-    from domaintune.components.finetune import FinetuneParams
+    from domaintune.components.finetune.stage import FinetuneParams
 
     d = defaults()
     return FinetuneParams(**{**{k: d[k] for k in FinetuneParams.__dataclass_fields__}, **overrides})
@@ -48,9 +48,9 @@ def prepare_sst2(work: str, rows: int, seed: int = 0) -> dict:
     stages (pipeline defaults). Returns paths and what each stage took."""
     import pandas as pd
 
-    from domaintune.components.ingest import IngestParams, run_ingest
-    from domaintune.components.models import resolve_model
-    from domaintune.components.tokenization import run_tokenize
+    from domaintune.components.ingest.stage import IngestParams, run_ingest
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.tokenize.stage import run_tokenize
 
     data = require_sst2()
     d = defaults()

@@ -52,9 +52,9 @@ def throughput(base: str, docs: list[str], max_length: int, batch_size: int, ste
     import torch
     from transformers import AutoModelForMaskedLM
 
-    from domaintune.components.pretrain import (Blocks, autocast, make_collator, mlm_loss, split_and_pack,
+    from domaintune.components.pretrain.stage import (Blocks, autocast, make_collator, mlm_loss, split_and_pack,
                                                 tokenize_docs)
-    from domaintune.components.tokenization import load_tokenizer
+    from domaintune.components.tokenize.stage import load_tokenizer
 
     tokenizer = load_tokenizer(base)
     packed, _, stats = split_and_pack(tokenizer, docs, max_length, seed, offsets=False)
@@ -114,8 +114,8 @@ def throughput(base: str, docs: list[str], max_length: int, batch_size: int, ste
 def evaluate_on_dev(model_dir: str, splits_dir: str) -> dict:
     import pandas as pd
 
-    from domaintune.components.inference import HFClassifier
-    from domaintune.components.metrics import classification_metrics
+    from domaintune.components.inference.torch_backend import HFClassifier
+    from domaintune.components.evaluation.metrics import classification_metrics
 
     dev = pd.read_parquet(os.path.join(splits_dir, "test.parquet"))
     clf = HFClassifier(model_dir)
@@ -147,11 +147,11 @@ def main() -> int:
         if not os.path.isfile(path):
             sys.exit(f"needs {path}")
 
-    from domaintune.components.finetune import FinetuneParams, pick_precision, run_finetune
-    from domaintune.components.ingest import IngestParams, run_ingest
-    from domaintune.components.models import resolve_model
-    from domaintune.components.pretrain import PretrainParams, run_pretrain
-    from domaintune.components.tokenization import run_tokenize
+    from domaintune.components.finetune.stage import FinetuneParams, pick_precision, run_finetune
+    from domaintune.components.ingest.stage import IngestParams, run_ingest
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.pretrain.stage import PretrainParams, run_pretrain
+    from domaintune.components.tokenize.stage import run_tokenize
 
     import torch
 
@@ -189,7 +189,7 @@ def main() -> int:
     if args.throughput_steps:
         import pandas as pd
 
-        from domaintune.components.pretrain import read_corpus
+        from domaintune.components.pretrain.stage import read_corpus
 
         started = time.monotonic()
         corpora = {"reuters (DAPT corpus)": read_corpus(args.corpus, "text")[0],

@@ -89,7 +89,7 @@ def baseline_accuracy(b: dict, splits: str) -> float:
 
 
 def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
-    from domaintune.components.finetune import run_finetune
+    from domaintune.components.finetune.stage import run_finetune
 
     p = C.finetune_params(**{"epochs": 1.0, **overrides})
     out = os.path.join(work, name)

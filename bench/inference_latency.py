@@ -17,11 +17,11 @@ import os
 import sys
 import tempfile
 
-from domaintune.components import export as E
-from domaintune.components import storage
-from domaintune.components.errors import DomaintuneError
-from domaintune.components.onnx_inference import FP32_FILE, INT8_FILE, OnnxClassifier, open_session
-from domaintune.components.runtime import set_offline_defaults
+from domaintune.components.export import stage as E
+from domaintune.components.io import storage
+from domaintune.components.core.errors import DomaintuneError
+from domaintune.components.inference.onnx_backend import FP32_FILE, INT8_FILE, OnnxClassifier, open_session
+from domaintune.components.core.runtime import set_offline_defaults
 
 
 def build(model_dir: str, out: str, model, tokenizer, ablation: bool) -> dict[str, str]:

@@ -27,7 +27,7 @@ import json, os, resource, sys, time
 from bench import _common as C
 import torch, transformers, peft  # noqa: F401  (the imports the stage needs, so RSS after imports is comparable)
 rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-from domaintune.components.finetune import run_finetune
+from domaintune.components.finetune.stage import run_finetune
 tokens, model_dir, out, overrides = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 t0, c0 = time.perf_counter(), time.process_time()
 h = run_finetune(tokens, model_dir, os.path.join(out, "model"), os.path.join(out, "history.json"),

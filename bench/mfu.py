@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from datasets import load_from_disk
 
-    from domaintune.components.finetune import run_finetune
+    from domaintune.components.finetune.stage import run_finetune
 
     work = tempfile.mkdtemp(prefix="bench-mfu-")
     info = C.machine()

@@ -29,8 +29,8 @@ def ingest_op(
     splits: Output[Dataset],
     data_report: Output[Artifact],
 ):
-    from domaintune.components.ingest import IngestParams, run_ingest
-    from domaintune.components.runtime import csv_list, run_stage
+    from domaintune.components.ingest.stage import IngestParams, run_ingest
+    from domaintune.components.core.runtime import csv_list, run_stage
 
     params = run_stage("ingest", IngestParams, train_data=train_data, validation_data=validation_data,
                        test_data=test_data, text_column=text_column, label_column=label_column,
@@ -49,9 +49,9 @@ def tokenize_op(
     s3_endpoint_url: str,
     tokens: Output[Dataset],
 ):
-    from domaintune.components.models import resolve_model
-    from domaintune.components.runtime import run_stage
-    from domaintune.components.tokenization import run_tokenize
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.core.runtime import run_stage
+    from domaintune.components.tokenize.stage import run_tokenize
 
     model_dir = run_stage("tokenize", resolve_model, base_model, s3_endpoint_url)
     stats = run_stage("tokenize", run_tokenize, splits.path, model_dir, tokens.path, max_length)
@@ -67,8 +67,8 @@ def wants_pretraining_op(domain_corpus: str, pretrain_on_train_text: bool) -> bo
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def champion_op(model_name: str, mlflow_tracking_uri: str) -> str:
     """The version number holding `champion` now ("" when none): evaluate's cache key includes it."""
-    from domaintune.components.registry import champion_version
-    from domaintune.components.runtime import run_stage
+    from domaintune.components.registry.client import champion_version
+    from domaintune.components.core.runtime import run_stage
 
     return run_stage("champion", champion_version, mlflow_tracking_uri, model_name)
 
@@ -97,9 +97,9 @@ def pretrain_op(
 ):
     import os
 
-    from domaintune.components.models import resolve_model
-    from domaintune.components.pretrain import PretrainParams, run_pretrain
-    from domaintune.components.runtime import run_stage
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.pretrain.stage import PretrainParams, run_pretrain
+    from domaintune.components.core.runtime import run_stage
 
     params = run_stage("pretrain", PretrainParams, domain_corpus=domain_corpus,
                        pretrain_on_train_text=pretrain_on_train_text, corpus_text_column=corpus_text_column,
@@ -137,8 +137,8 @@ def finetune_op(
     history: Output[Artifact],
     training_metrics: Output[Metrics],
 ):
-    from domaintune.components.models import resolve_model
-    from domaintune.components.runtime import finetune_task, run_stage
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.core.runtime import finetune_task, run_stage
 
     model_dir = run_stage("finetune", resolve_model, base_model, s3_endpoint_url)
     finetune_task(tokens.path, model_dir, model, history, training_metrics, epochs=epochs,
@@ -170,7 +170,7 @@ def finetune_adapted_op(
     history: Output[Artifact],
     training_metrics: Output[Metrics],
 ):
-    from domaintune.components.runtime import finetune_task
+    from domaintune.components.core.runtime import finetune_task
 
     finetune_task(tokens.path, adapted_model.path, model, history, training_metrics, epochs=epochs,
                   learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
@@ -205,10 +205,10 @@ def evaluate_op(
     import shutil
     import tempfile
 
-    from domaintune.components.evaluate import EvaluateParams, run_evaluate
-    from domaintune.components.gate import Thresholds
-    from domaintune.components.registry import fetch_champion
-    from domaintune.components.runtime import csv_list, run_stage
+    from domaintune.components.evaluate.stage import EvaluateParams, run_evaluate
+    from domaintune.components.evaluation.gate import Thresholds
+    from domaintune.components.registry.client import fetch_champion
+    from domaintune.components.core.runtime import csv_list, run_stage
 
     params = run_stage("evaluate", EvaluateParams,
                        thresholds=run_stage("evaluate", Thresholds, min_macro_f1=min_macro_f1,
@@ -247,8 +247,8 @@ def export_op(
     import os
     import shutil
 
-    from domaintune.components.export import run_export
-    from domaintune.components.runtime import run_stage
+    from domaintune.components.export.stage import run_export
+    from domaintune.components.core.runtime import run_stage
 
     report = run_stage("export", run_export, model.path, os.path.join(splits.path, "test.parquet"), onnx.path,
                        max_parity_diff=max_parity_diff, max_int8_drop=max_int8_drop, per_channel=int8_per_channel,
@@ -285,8 +285,8 @@ def register_op(
 ) -> str:
     import os
 
-    from domaintune.components.register import RegisterParams, RunInputs, run_register
-    from domaintune.components.runtime import run_stage
+    from domaintune.components.register.stage import RegisterParams, RunInputs, run_register
+    from domaintune.components.core.runtime import run_stage
 
     params = run_stage("register", RegisterParams, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri,
                        experiment_name=experiment_name, auto_promote=auto_promote,

@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 
-from domaintune.components.errors import BadInput, DomaintuneError
+from domaintune.components.core.errors import BadInput, DomaintuneError
 
 COMMANDS = {
     "run": "run the whole pipeline locally through kfp.local (the embedded default with no arguments)",
@@ -155,16 +155,16 @@ def print_summary(s: dict) -> None:
 
 
 def _load_model(ref: str, scratch: str, tracking_uri: str = ""):
-    from domaintune.components.inference import load_classifier
-    from domaintune.components.registry import resolve_model_ref
+    from domaintune.components.inference.torch_backend import load_classifier
+    from domaintune.components.registry.client import resolve_model_ref
 
     return load_classifier(resolve_model_ref(ref, scratch, tracking_uri))
 
 
 def cmd_evaluate(args) -> int:
-    from domaintune.components.ingest import _label_str, read_table
-    from domaintune.components.metrics import classification_metrics, format_table
-    from domaintune.components.runtime import set_offline_defaults
+    from domaintune.components.ingest.stage import _label_str, read_table
+    from domaintune.components.evaluation.metrics import classification_metrics, format_table
+    from domaintune.components.core.runtime import set_offline_defaults
 
     set_offline_defaults()
     frame, _ = read_table(args.data)
@@ -188,7 +188,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from domaintune.components.runtime import set_offline_defaults
+    from domaintune.components.core.runtime import set_offline_defaults
 
     set_offline_defaults()
     if args.batch_size <= 0:
@@ -215,7 +215,7 @@ def _predict_file(model, args):
     import numpy as np
     from tqdm import tqdm
 
-    from domaintune.components.ingest import read_table
+    from domaintune.components.ingest.stage import read_table
 
     frame, _ = read_table(args.data)
     if args.text_column not in frame.columns:
@@ -253,7 +253,7 @@ def cmd_promote(args) -> int:
 
 
 def _write_json(path: str, obj) -> None:
-    from domaintune.components.storage import write_json
+    from domaintune.components.io.storage import write_json
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json(path, obj)

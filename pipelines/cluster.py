@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from domaintune.components.errors import BadInput
+from domaintune.components.core.errors import BadInput
 
 # The KFP backend substitutes this in a recurring run's parameters with each run's scheduled time,
 # so every scheduled retraining gets a fresh cache key for its data (see STACK.md, kfp caching).

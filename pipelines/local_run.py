@@ -19,9 +19,9 @@ import time
 import uuid
 import warnings
 
-from domaintune.components import storage
-from domaintune.components.errors import BadInput
-from domaintune.components.runtime import ERROR_PREFIX, set_offline_defaults
+from domaintune.components.io import storage
+from domaintune.components.core.errors import BadInput
+from domaintune.components.core.runtime import ERROR_PREFIX, set_offline_defaults
 
 PROGRESS_PREFIX = "domaintune:progress "
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -57,14 +57,14 @@ def code_fingerprint() -> str:
 def preflight(values: dict) -> dict:
     """Cheap checks before any task starts, with the stages' own validators: bad parameters and
     missing local files fail in a second, not after ingest and tokenize have run."""
-    from domaintune.components.evaluate import EvaluateParams
-    from domaintune.components.finetune import FinetuneParams
-    from domaintune.components.gate import Thresholds
-    from domaintune.components.ingest import IngestParams
-    from domaintune.components.models import resolve_model
-    from domaintune.components.register import RegisterParams
-    from domaintune.components.runtime import csv_list
-    from domaintune.components.tokenization import check_max_length
+    from domaintune.components.evaluate.stage import EvaluateParams
+    from domaintune.components.finetune.stage import FinetuneParams
+    from domaintune.components.evaluation.gate import Thresholds
+    from domaintune.components.ingest.stage import IngestParams
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.register.stage import RegisterParams
+    from domaintune.components.core.runtime import csv_list
+    from domaintune.components.tokenize.stage import check_max_length
 
     def fields(cls):
         return {k: values[k] for k in cls.__dataclass_fields__ if k in values}
@@ -75,7 +75,7 @@ def preflight(values: dict) -> dict:
                       "slice_columns": csv_list(values["slice_columns"])})
     RegisterParams(**fields(RegisterParams), pipeline_run_id="")
     if values["domain_corpus"] or values["pretrain_on_train_text"]:
-        from domaintune.components.pretrain import PretrainParams
+        from domaintune.components.pretrain.stage import PretrainParams
 
         PretrainParams(**fields(PretrainParams))
     local_files = []

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from domaintune.components.errors import BadInput
+from domaintune.components.core.errors import BadInput
 
 KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 
-from domaintune.components import registry
-from domaintune.components.errors import BadInput
+from domaintune.components.registry import client as registry
+from domaintune.components.core.errors import BadInput
 
 
 def list_models(name: str | None, tracking_uri: str = "") -> str:

@@ -28,10 +28,10 @@ def tiny_csv():
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """One tiny end-to-end training (ingest → tokenize → finetune) shared by the tests that need a model."""
-    from domaintune.components.finetune import FinetuneParams, run_finetune
-    from domaintune.components.ingest import IngestParams, run_ingest
-    from domaintune.components.models import resolve_model
-    from domaintune.components.tokenization import run_tokenize
+    from domaintune.components.finetune.stage import FinetuneParams, run_finetune
+    from domaintune.components.ingest.stage import IngestParams, run_ingest
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.tokenize.stage import run_tokenize
 
     root = tmp_path_factory.mktemp("trained")
     run_ingest(ingest_params(slice_columns=["channel"], validation_fraction=0.2, test_fraction=0.2),
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 
 def finetune_params(**overrides):
     """FinetuneParams with the pipeline's defaults (the pipeline signature is their one source)."""
-    from domaintune.components.finetune import FinetuneParams
+    from domaintune.components.finetune.stage import FinetuneParams
 
     return FinetuneParams(**{**pipeline_defaults(FinetuneParams), **overrides})
 
@@ -59,7 +59,7 @@ def pipeline_defaults(cls):
 
 
 def ingest_params(**overrides):
-    from domaintune.components.ingest import IngestParams
+    from domaintune.components.ingest.stage import IngestParams
 
     values = {**pipeline_defaults(IngestParams), "train_data": TINY, **overrides}
     if isinstance(values["slice_columns"], str):

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from domaintune.components import bias
-from domaintune.components.errors import BadInput
+from domaintune.components.evaluation import bias
+from domaintune.components.core.errors import BadInput
 
 FEMALE = re.compile(r"\b(she|her|hers|herself|woman|women|girl|mother|sister|wife|daughter|mary|mrs|queen)\b", re.I)
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from domaintune.components.dropout import CheapCpuDropout, use_cheap_cpu_dropout
+from domaintune.components.training.dropout import CheapCpuDropout, use_cheap_cpu_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -37,7 +37,7 @@ def test_identity_in_eval_mode_and_fresh_masks_per_call():
 def test_switches_a_bert_models_dropout_modules_and_keeps_its_outputs_in_eval():
     from transformers import AutoModelForSequenceClassification
 
-    from domaintune.components.models import resolve_model
+    from domaintune.components.io.base_models import resolve_model
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model("all-MiniLM-L6-v2"), num_labels=2).eval()

@@ -5,9 +5,9 @@ import os
 import pytest
 from conftest import pipeline_defaults
 
-from domaintune.components.errors import BadInput
-from domaintune.components.evaluate import EvaluateParams, run_evaluate
-from domaintune.components.gate import Thresholds
+from domaintune.components.core.errors import BadInput
+from domaintune.components.evaluate.stage import EvaluateParams, run_evaluate
+from domaintune.components.evaluation.gate import Thresholds
 
 
 def params(**overrides):

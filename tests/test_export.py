@@ -12,10 +12,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from domaintune.components import export as E  # noqa: E402
-from domaintune.components.errors import BadInput, DomaintuneError  # noqa: E402
-from domaintune.components.inference import load_classifier  # noqa: E402
-from domaintune.components.onnx_inference import OnnxClassifier  # noqa: E402
+from domaintune.components.export import stage as E  # noqa: E402
+from domaintune.components.core.errors import BadInput, DomaintuneError  # noqa: E402
+from domaintune.components.inference.torch_backend import load_classifier  # noqa: E402
+from domaintune.components.inference.onnx_backend import OnnxClassifier  # noqa: E402
 
 WORDS = ("the film was good bad great awful boring moving a plot with actors and music that felt long short "
          "funny dull brilliant weak strong story ending scene").split()

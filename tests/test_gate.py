@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from domaintune.components.errors import BadInput
-from domaintune.components.gate import Thresholds, decide, int8_acceptable, should_promote
+from domaintune.components.core.errors import BadInput
+from domaintune.components.evaluation.gate import Thresholds, decide, int8_acceptable, should_promote
 
 T = Thresholds(min_macro_f1=0.6, max_regression=0.01, max_flip_rate=0.05, max_slice_gap=0.15, max_int8_drop=0.01)
 

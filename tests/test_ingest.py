@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from conftest import TINY, ingest_params
 
-from domaintune.components.errors import BadInput
-from domaintune.components.ingest import run_ingest, sorted_labels
+from domaintune.components.core.errors import BadInput
+from domaintune.components.ingest.stage import run_ingest, sorted_labels
 
 
 def ingest(tmp_path, **overrides):

@@ -184,7 +184,7 @@ def _register_in_process(args):
     sys.path.insert(0, HERE)
     from test_registry import register_params, run_inputs
 
-    from domaintune.components.register import run_register
+    from domaintune.components.register.stage import run_register
 
     out = {"root": root, "model": os.path.join(root, "model"), "export": export_dir}
     summary = run_register(run_inputs(out), os.path.join(root, f"summary-{run_id}.json"), register_params(uri, name, run_id))
@@ -194,7 +194,7 @@ def _register_in_process(args):
 def test_concurrent_registrations_get_their_own_versions_and_retries_none(server, tmp_path_factory):
     from test_registry import stage_outputs
 
-    from domaintune.components.register import run_register  # noqa: F401  (import errors surface here, not in a worker)
+    from domaintune.components.register.stage import run_register  # noqa: F401  (import errors surface here, not in a worker)
 
     out = stage_outputs(tmp_path_factory.mktemp("stages"), export=True)
     jobs = [(out["root"], out["export"], server.uri, "concurrent", f"kfp-{i}") for i in range(4)]

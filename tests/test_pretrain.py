@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import TINY, ingest_params, pipeline_defaults
 
-from domaintune.components.errors import BadInput
-from domaintune.components.models import resolve_model
-from domaintune.components.pretrain import (Blocks, PretrainParams, make_collator, pack_blocks, read_corpus,
+from domaintune.components.core.errors import BadInput
+from domaintune.components.io.base_models import resolve_model
+from domaintune.components.pretrain.stage import (Blocks, PretrainParams, make_collator, pack_blocks, read_corpus,
                                             run_pretrain, split_and_pack, tokenize_docs)
-from domaintune.components.tokenization import load_tokenizer
+from domaintune.components.tokenize.stage import load_tokenizer
 
 # The recommended defaults (bench/BENCHMARKS.md, "Domain-adaptive pretraining"); the pipeline signature is their
 # one source once the stage is wired in, and then wins for every field it has.
@@ -134,9 +134,9 @@ def test_output_loads_as_classifier_with_the_base_pooler(tiny_run, base):
 def test_tapt_on_the_train_split_feeds_finetune(base, tmp_path):
     from conftest import finetune_params
 
-    from domaintune.components.finetune import run_finetune
-    from domaintune.components.ingest import run_ingest
-    from domaintune.components.tokenization import run_tokenize
+    from domaintune.components.finetune.stage import run_finetune
+    from domaintune.components.ingest.stage import run_ingest
+    from domaintune.components.tokenize.stage import run_tokenize
 
     splits = str(tmp_path / "splits")
     run_ingest(ingest_params(validation_fraction=0.2, test_fraction=0.2), splits, str(tmp_path / "data.json"))
@@ -152,7 +152,7 @@ def test_tapt_on_the_train_split_feeds_finetune(base, tmp_path):
 
 
 def test_a_retry_resumes_from_the_checkpoint_dir(base, tmp_path, monkeypatch):
-    import domaintune.components.pretrain as pretrain
+    import domaintune.components.pretrain.stage as pretrain
 
     monkeypatch.setattr(pretrain, "MIN_SAVE_STEPS", 2)
     ckpt = tmp_path / "ckpt"

@@ -43,7 +43,7 @@ def tiny_classifier(path: str) -> str:
 
 def history_report(max_length: int = 64) -> dict:
     """A finetune history as run_finetune writes it: 4 training logging steps, 2 evaluations, the summary."""
-    from domaintune.components.finetune import FinetuneParams
+    from domaintune.components.finetune.stage import FinetuneParams
 
     params = {**asdict(FinetuneParams(**pipeline_defaults(FinetuneParams))), "precision_used": "fp32",
               "max_length": max_length}
@@ -67,11 +67,11 @@ def history_report(max_length: int = 64) -> dict:
 def stage_outputs(root, export: bool = True) -> dict:
     """Real ingest (tiny.csv), a tiny model, real evaluate (gate thresholds that pass) and, with `export`,
     a real ONNX export directory: everything `RunInputs` points at."""
-    from domaintune.components.evaluate import EvaluateParams, run_evaluate
-    from domaintune.components.export import run_export
-    from domaintune.components.gate import Thresholds
-    from domaintune.components.ingest import run_ingest
-    from domaintune.components.storage import write_json
+    from domaintune.components.evaluate.stage import EvaluateParams, run_evaluate
+    from domaintune.components.export.stage import run_export
+    from domaintune.components.evaluation.gate import Thresholds
+    from domaintune.components.ingest.stage import run_ingest
+    from domaintune.components.io.storage import write_json
 
     root = str(root)
     os.makedirs(root, exist_ok=True)
@@ -97,7 +97,7 @@ def stage_outputs(root, export: bool = True) -> dict:
 
 def run_inputs(out: dict, gate_passed: bool | None = None, beats_champion: bool | None = None):
     """RunInputs for `out`; with gate_passed/beats_champion, a copy of the evaluation with that decision."""
-    from domaintune.components.register import RunInputs
+    from domaintune.components.register.stage import RunInputs
 
     evaluation = os.path.join(out["root"], "evaluation")
     if gate_passed is not None or beats_champion is not None:
@@ -121,7 +121,7 @@ def run_inputs(out: dict, gate_passed: bool | None = None, beats_champion: bool 
 
 def register_params(uri: str, model_name: str, run_id: str, auto_promote: bool = False):
     """As register_op builds them: the parameters no stage report carries come directly (DIRECT_PARAMS)."""
-    from domaintune.components.register import DIRECT_PARAMS, RegisterParams
+    from domaintune.components.register.stage import DIRECT_PARAMS, RegisterParams
     from domaintune.pipelines.params import pipeline_params
 
     direct = {p.name: p.default for p in pipeline_params() if p.name in DIRECT_PARAMS}
@@ -150,7 +150,7 @@ def tracking(store, monkeypatch):
 
 
 def register(outputs, store, tmp_path, name, run_id, **kw):
-    from domaintune.components.register import run_register
+    from domaintune.components.register.stage import run_register
 
     gate = {k: kw.pop(k) for k in ("gate_passed", "beats_champion") if k in kw}
     out = kw.pop("out", outputs)
@@ -243,7 +243,7 @@ def card_summary(**over):
 
 
 def test_model_card_of_a_registered_version_without_export():
-    from domaintune.components.model_card import render_model_card
+    from domaintune.components.registry.model_card import render_model_card
 
     card = render_model_card(card_summary(), data_report={"labels": ["billing", "shipping"],
                                                           "rows": {"train": 400, "test": 50},
@@ -258,7 +258,7 @@ def test_model_card_of_a_registered_version_without_export():
 
 
 def test_model_card_of_a_rejected_candidate_and_with_export():
-    from domaintune.components.model_card import render_model_card
+    from domaintune.components.registry.model_card import render_model_card
 
     export = {"deployable": "int8", "deployable_file": "model.int8.onnx", "reason": "drop 0.0 points",
               "metrics": {"pytorch_fp32": {"accuracy": 0.9, "macro_f1": 0.88, "n": 50},
@@ -275,7 +275,7 @@ def test_model_card_of_a_rejected_candidate_and_with_export():
 
 
 def test_model_card_description_fits_mlflow():
-    from domaintune.components.model_card import DESCRIPTION_LIMIT, description
+    from domaintune.components.registry.model_card import DESCRIPTION_LIMIT, description
 
     card = "# x\n" + "\n".join(f"| row {i} | {'y' * 40} |" for i in range(400))
     short = description(card)
@@ -288,7 +288,7 @@ def test_model_card_description_fits_mlflow():
 def test_git_commit_of_the_installed_code(tmp_path, monkeypatch):
     import subprocess
 
-    from domaintune.components.register import git_commit
+    from domaintune.components.register.stage import git_commit
 
     src = os.path.dirname(os.path.abspath(__import__("domaintune.components", fromlist=["x"]).__file__))
     head = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True, text=True)
@@ -309,7 +309,7 @@ def test_register_records_everything_and_serves_onnx(outputs, store, tmp_path):
     import mlflow
     import pandas as pd
 
-    from domaintune.components.onnx_inference import OnnxClassifier
+    from domaintune.components.inference.onnx_backend import OnnxClassifier
 
     summary = register(outputs, store, tmp_path, "full", "kfp-run-1")
     assert summary["status"] == "registered" and summary["registry"]["version"] == 1
@@ -363,7 +363,7 @@ def test_rejected_candidate_logs_a_run_and_card_but_no_version(outputs, store, t
 def test_pretraining_report_reaches_the_run_and_the_card(outputs, store, tmp_path):
     import mlflow
 
-    from domaintune.components.register import run_register
+    from domaintune.components.register.stage import run_register
 
     report = tmp_path / "pretrain_report"  # KFP's file name: no extension
     report.write_text(json.dumps({"params": {"domain_corpus": "s3://corpus/tickets.txt", "mlm_epochs": 2.0,
@@ -440,7 +440,7 @@ def test_promote_moves_the_alias_and_records_who_when_why(outputs, store, tmp_pa
 # ---------------------------------------------------------------------------------- models:/ references
 
 def test_evaluate_and_predict_accept_models_refs(outputs, store, tmp_path, tracking, capsys):
-    from domaintune.components.registry import resolve_model_ref
+    from domaintune.components.registry.client import resolve_model_ref
 
     register(outputs, store, tmp_path, "refs", "kfp-f1")
     noexport = {**outputs, "export": ""}

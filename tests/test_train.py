@@ -7,11 +7,11 @@ import pytest
 from conftest import finetune_params, ingest_params
 from datasets import load_from_disk
 
-from domaintune.components.errors import BadInput
-from domaintune.components.finetune import FinetuneParams, pick_precision, run_finetune
-from domaintune.components.inference import HFClassifier, load_classifier
-from domaintune.components.models import resolve_model
-from domaintune.components.tokenization import run_tokenize
+from domaintune.components.core.errors import BadInput
+from domaintune.components.finetune.stage import FinetuneParams, pick_precision, run_finetune
+from domaintune.components.inference.torch_backend import HFClassifier, load_classifier
+from domaintune.components.io.base_models import resolve_model
+from domaintune.components.tokenize.stage import run_tokenize
 
 
 def test_tokenize_stores_no_padding_and_counts_truncation(trained, tmp_path):

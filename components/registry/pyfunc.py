@@ -13,19 +13,19 @@ import os
 import mlflow.pyfunc
 import pandas as pd
 
-from domaintune.components.onnx_inference import FP32_FILE
+from domaintune.components.inference.onnx_backend import FP32_FILE
 
 
 class DomaintuneClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         onnx_dir = (context.artifacts or {}).get("onnx")
         if onnx_dir and os.path.isfile(os.path.join(onnx_dir, FP32_FILE)):
-            from domaintune.components.onnx_inference import OnnxClassifier
+            from domaintune.components.inference.onnx_backend import OnnxClassifier
 
             self.classifier = OnnxClassifier(onnx_dir)
             self.backend = "onnx"
         else:
-            from domaintune.components.inference import load_classifier
+            from domaintune.components.inference.torch_backend import load_classifier
 
             self.classifier = load_classifier(context.artifacts["model"])
             self.backend = "pytorch"

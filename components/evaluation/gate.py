@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from domaintune.components.errors import BadInput
+from domaintune.components.core.errors import BadInput
 
 
 @dataclass

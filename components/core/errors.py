@@ -3,6 +3,7 @@
 DESIGN.md §4: 2 = bad input or usage (one clear line, no traceback), 3 = candidate rejected by a gate,
 1 = anything else (a real bug keeps its traceback).
 """
+import math
 
 
 class DomaintuneError(Exception):
@@ -26,15 +27,27 @@ def require(condition: bool, message: str) -> None:
         raise BadInput(message)
 
 
+def is_number(value) -> bool:
+    """A real, finite number: booleans are not numbers here, and NaN or infinity is never a valid setting."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def positive(name: str, value, kind=int) -> None:
     """Parameters are validated by their kebab-case CLI name, the one the user typed."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
-        kind is int and int(value) != value
-    ):
+    if not is_number(value) or value <= 0 or (kind is int and int(value) != value):
         raise BadInput(f"--{name} must be a positive {'integer' if kind is int else 'number'} (got {value!r})")
 
 
 def fraction(name: str, value, *, allow_zero: bool = True) -> None:
-    low_ok = value >= 0 if allow_zero else value > 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low_ok or value >= 1:
+    if not is_number(value) or not (value >= 0 if allow_zero else value > 0) or value >= 1:
         raise BadInput(f"--{name} must be in {'[0, 1)' if allow_zero else '(0, 1)'} (got {value!r})")
+
+
+def non_negative(name: str, value, kind=float) -> None:
+    if not is_number(value) or value < 0 or (kind is int and int(value) != value):
+        raise BadInput(f"--{name} must be a non-negative {'integer' if kind is int else 'number'} (got {value!r})")
+
+
+def one_of(name: str, value, choices) -> None:
+    if value not in choices:
+        raise BadInput(f"--{name} must be one of {', '.join(map(str, choices))} (got {value!r})")

@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from domaintune.components import storage
-from domaintune.components.errors import BadInput, fraction, positive
-from domaintune.components.gate import Thresholds, decide
-from domaintune.components.inference import load_classifier
-from domaintune.components.metrics import classification_metrics, plot_confusion_matrix
+from domaintune.components.io import storage
+from domaintune.components.core.errors import BadInput, fraction, positive
+from domaintune.components.evaluation.gate import Thresholds, decide
+from domaintune.components.inference.torch_backend import load_classifier
+from domaintune.components.evaluation.metrics import classification_metrics, plot_confusion_matrix
 
 
 @dataclass
@@ -42,7 +42,7 @@ def score(classifier, frame: pd.DataFrame, labels: list[str]) -> tuple[dict, np.
 def run_evaluate(model_dir: str, splits_dir: str, output_dir: str, p: EvaluateParams,
                  champion_dir: str | None = None, champion_info: dict | None = None) -> dict:
     """Writes evaluation.json (metrics, bias, gate), confusion_matrix.png, bias_report.md, predictions.parquet."""
-    from domaintune.components import bias
+    from domaintune.components.evaluation import bias
 
     test = pd.read_parquet(os.path.join(splits_dir, "test.parquet"))
     labels = storage.read_json(os.path.join(splits_dir, "label_map.json"))["labels"]

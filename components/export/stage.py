@@ -47,11 +47,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from domaintune.components import storage
-from domaintune.components.errors import BadInput, DomaintuneError, positive
-from domaintune.components.inference import length_sorted_batches, saved_max_length
-from domaintune.components.metrics import classification_metrics
-from domaintune.components.onnx_inference import (
+from domaintune.components.io import storage
+from domaintune.components.core.errors import BadInput, DomaintuneError, positive
+from domaintune.components.inference.torch_backend import length_sorted_batches, saved_max_length
+from domaintune.components.evaluation.metrics import classification_metrics
+from domaintune.components.inference.onnx_backend import (
     DISABLED_OPTIMIZERS, FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier, open_session, physical_cores,
 )
 

@@ -12,7 +12,7 @@ import random
 import re
 import time
 
-from domaintune.components.errors import BadInput
+from domaintune.components.core.errors import BadInput
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HF_ARTIFACT, ONNX_ARTIFACT = "model", "onnx"  # pyfunc artifact keys (DomaintuneClassifier.load_context)

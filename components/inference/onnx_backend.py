@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from domaintune.components.errors import BadInput
-from domaintune.components.inference import length_sorted_batches, saved_max_length
+from domaintune.components.core.errors import BadInput
+from domaintune.components.inference.batching import length_sorted_batches, saved_max_length
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -202,6 +202,10 @@ class OnnxClassifier:
         logits = logits - logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """The task-level output (tasks/classification.py): class probabilities."""
+        return self.predict_proba(texts, batch_size)
 
     def __getstate__(self):
         state = self.__dict__.copy()

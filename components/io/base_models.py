@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from domaintune.components import storage
-from domaintune.components.errors import BadInput
+from domaintune.components.io import storage
+from domaintune.components.core.errors import BadInput, positive
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 
@@ -29,3 +29,24 @@ def resolve_model(ref: str, endpoint_url: str = "") -> str:
             + ("" if looks_like_path else " (hub downloads are off: HF_HUB_OFFLINE is set)")
         )
     return ref  # a hub id, resolved by from_pretrained where a network exists
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except OSError as exc:
+        raise BadInput(f"--base-model {model_dir}: cannot load a tokenizer ({str(exc).splitlines()[0]})") from None
+    if not tokenizer.is_fast:
+        raise BadInput(f"--base-model {model_dir}: no fast tokenizer (tokenizer.json) found")
+    return tokenizer
+
+
+def check_max_length(max_length: int, model_dir: str) -> None:
+    positive("max-length", max_length)
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+    if limit and max_length > limit:
+        raise BadInput(f"--max-length {max_length} exceeds the base model's {limit} positions")

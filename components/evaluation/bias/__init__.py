@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from domaintune.components.errors import BadInput
+from domaintune.components.core.errors import BadInput
 
 PACKAGED_TERMS = "identity_terms.yaml"
 SLOT = "{person}"
@@ -201,8 +201,8 @@ def load_identity_terms(path: str | None = None) -> dict:
     else:
         from importlib import resources
 
-        name = f"domaintune.components/{PACKAGED_TERMS}"
-        raw = yaml.safe_load(resources.files("domaintune.components").joinpath(PACKAGED_TERMS).read_text("utf-8"))
+        name = f"domaintune.components.evaluation.bias/{PACKAGED_TERMS}"
+        raw = yaml.safe_load(resources.files("domaintune.components.evaluation.bias").joinpath(PACKAGED_TERMS).read_text("utf-8"))
     return _validate_terms(raw, name)
 
 

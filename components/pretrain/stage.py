@@ -26,10 +26,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from domaintune.components import ingest, storage
-from domaintune.components.errors import BadInput, fraction, positive, require
-from domaintune.components.finetune import (PRECISIONS, last_checkpoint, pick_precision, progress,
-                                            progress_callback)
+from domaintune.components.core.errors import BadInput, fraction, one_of, positive, require
+from domaintune.components.io import storage, tables
+from domaintune.components.io.base_models import PACKAGED_MODEL
+from domaintune.components.training.checkpoints import last_checkpoint
+from domaintune.components.training.precision import PRECISIONS, pick_precision
+from domaintune.components.training.progress import progress, progress_callback
 
 HELDOUT_FRACTION = 0.05  # of the corpus tokens, in whole documents ...
 MAX_HELDOUT_BLOCKS = 256  # ... capped: ~32k tokens at block 128, ~4.8k masked tokens scored
@@ -43,27 +45,29 @@ MIN_SAVE_STEPS = 50  # checkpoint every max(this, steps/4) steps (at most 500): 
 
 @dataclass
 class PretrainParams:
-    """Defaults live in the pipeline signature (pipelines/training_pipeline.py), their one source."""
+    base_model: str = PACKAGED_MODEL
+    s3_endpoint_url: str = ""
+    domain_corpus: str = ""
+    pretrain_on_train_text: bool = False
+    corpus_text_column: str = "text"
+    mlm_epochs: float = 1.0
+    mlm_max_steps: int = 300
+    mlm_learning_rate: float = 1e-4
+    mlm_probability: float = 0.15
+    whole_word_masking: bool = False
+    mlm_batch_size: int = 32
+    mlm_head_warmup_steps: int = 200
+    max_length: int = 128
+    precision: str = "auto"
+    seed: int = 42
+    checkpoint_dir: str = ""
 
-    domain_corpus: str
-    pretrain_on_train_text: bool
-    corpus_text_column: str
-    mlm_epochs: float
-    mlm_max_steps: int
-    mlm_learning_rate: float
-    mlm_probability: float
-    whole_word_masking: bool
-    mlm_batch_size: int
-    mlm_head_warmup_steps: int
-    max_length: int
-    precision: str
-    seed: int
-    checkpoint_dir: str
-    s3_endpoint_url: str
+    @property
+    def wanted(self) -> bool:
+        """Whether the pipeline pretrains at all (DAPT on a corpus, or TAPT on the training texts)."""
+        return bool(self.domain_corpus) or self.pretrain_on_train_text
 
     def __post_init__(self):
-        require(bool(self.domain_corpus) or self.pretrain_on_train_text,
-                "pretrain needs --domain-corpus or --pretrain-on-train-text")
         require(bool(self.corpus_text_column), "--corpus-text-column must not be empty")
         positive("mlm-epochs", self.mlm_epochs, kind=float)
         require(not isinstance(self.mlm_max_steps, bool) and isinstance(self.mlm_max_steps, int)
@@ -86,8 +90,8 @@ class PretrainParams:
 
 def read_corpus(uri: str, text_column: str, endpoint_url: str = "") -> tuple[list[str], str]:
     """Documents from a text file (one per line) or a table's text column; every failure names the file."""
-    if any(uri.lower().endswith(e) for e in ingest.READERS):
-        frame, sha = ingest.read_table(uri, endpoint_url)
+    if any(uri.lower().endswith(e) for e in tables.READERS):
+        frame, sha = tables.read_table(uri, endpoint_url)
         if text_column not in frame.columns:
             raise BadInput(f"{uri}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); "
                            f"set --corpus-text-column")
@@ -481,9 +485,10 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
     import torch
     from transformers import AutoModelForMaskedLM, TrainingArguments, set_seed
 
-    from domaintune.components.dropout import use_cheap_cpu_dropout
-    from domaintune.components.tokenization import check_max_length, load_tokenizer
+    from domaintune.components.training.dropout import use_cheap_cpu_dropout
+    from domaintune.components.io.base_models import check_max_length, load_tokenizer
 
+    require(p.wanted, "pretrain needs --domain-corpus or --pretrain-on-train-text")
     wall_started = time.monotonic()
     docs, corpus = gather_corpus(splits_dir, p)  # bad input fails here, before anything is loaded or written
     check_max_length(p.max_length, model_dir)

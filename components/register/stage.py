@@ -25,9 +25,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from domaintune.components import model_card, registry, storage
-from domaintune.components.errors import require
-from domaintune.components.gate import should_promote
+from domaintune.components.registry import model_card
+from domaintune.components.registry import client as registry
+from domaintune.components.io import storage
+from domaintune.components.core.errors import require
+from domaintune.components.evaluation.gate import should_promote
 
 PACKAGES = ("domaintune", "torch", "transformers", "peft", "datasets", "kfp", "mlflow", "onnxruntime")
 # Pipeline parameters no report brings to register (pretrain runs in one branch only): register_op passes
@@ -362,8 +364,8 @@ def run_register(inputs: RunInputs, summary_path: str, p: RegisterParams) -> dic
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from domaintune.components.onnx_inference import FP32_FILE
-    from domaintune.components.serving import DomaintuneClassifier
+    from domaintune.components.inference.onnx_backend import FP32_FILE
+    from domaintune.components.registry.pyfunc import DomaintuneClassifier
 
     data = storage.read_json(inputs.data_report)
     tokens = storage.read_json(inputs.token_stats)

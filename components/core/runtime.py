@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from domaintune.components.errors import DomaintuneError
+from domaintune.components.core.errors import DomaintuneError
 
 ERROR_PREFIX = "domaintune:error "
 
@@ -37,7 +37,7 @@ def csv_list(value: str) -> list[str]:
 
 def finetune_task(tokens_dir: str, model_dir: str, model, history, training_metrics, **params) -> dict:
     """The body both finetune components share (from the base model, or from the pretrained encoder)."""
-    from domaintune.components.finetune import FinetuneParams, run_finetune
+    from domaintune.components.finetune.stage import FinetuneParams, run_finetune
 
     p = run_stage("finetune", FinetuneParams, **params)
     result = run_stage("finetune", run_finetune, tokens_dir, model_dir, model.path, history.path, p)

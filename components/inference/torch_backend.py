@@ -1,4 +1,5 @@
-"""Batched text classification with a saved model: one code path for evaluate, predict and MLflow serving.
+"""Batched text classification with a saved PyTorch model (the classification task's predictor for a model
+directory); ONNX exports go through inference/onnx_backend.py with the same surface.
 
 Texts are sorted by length before batching so each batch pads only to its own longest text; on short
 domain texts that removes most padding work (DESIGN.md §6).
@@ -7,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from domaintune.components.errors import BadInput
+from domaintune.components.core.errors import BadInput
+from domaintune.components.inference.batching import length_sorted_batches, saved_max_length
 
 
 class Classifier(Protocol):
@@ -19,11 +21,7 @@ class Classifier(Protocol):
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
 
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
 
 
 class HFClassifier:
@@ -57,22 +55,6 @@ class HFClassifier:
                 out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
         return out
 
-
-def saved_max_length(model_dir: str) -> int | None:
-    """The max_length finetune trained with (domaintune.json), if the directory has one."""
-    path = os.path.join(model_dir, "domaintune.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f).get("max_length")
-    return None
-
-
-def load_classifier(ref: str) -> Classifier:
-    """REF: a model directory from a run, or an ONNX file with its tokenizer saved beside it."""
-    if ref.endswith(".onnx") or (os.path.isdir(ref) and os.path.isfile(os.path.join(ref, "model.onnx"))):
-        from domaintune.components.onnx_inference import OnnxClassifier
-
-        return OnnxClassifier(ref)
-    if not os.path.exists(ref):
-        raise BadInput(f"--model {ref}: no such file or directory")
-    return HFClassifier(ref)
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """The task-level output (tasks/classification.py): class probabilities."""
+        return self.predict_proba(texts, batch_size)

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from urllib.parse import urlparse
 
-from domaintune.components.errors import BadInput
+from domaintune.components.core.errors import BadInput
 
 
 def is_s3(uri: str) -> bool:

@@ -1,0 +1,149 @@
+"""The task interface: everything that differs between task families (sequence classification, token
+classification, seq2seq) lives behind it, so the stages ask their task and never branch on its name.
+
+A task is chosen once, by ingest (`--task`), and travels with the artifacts: ingest writes it into the
+splits' `label_map.json`, tokenize copies that file, finetune writes it into the model's `domaintune.json`,
+and every later stage (and `domaintune predict` / `evaluate`) reads it back with `tasks.task_of(dir)`.
+
+What a task owns, in the order the pipeline asks:
+
+| stage      | asks the task for |
+|------------|-------------------|
+| ingest     | `read_rows` (validate and normalise one file), `label_space`, `check_heldout`, `split`, `to_split_frame`, `data_report` |
+| tokenize   | `encode` (token ids plus aligned labels) |
+| finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `compute_metrics`, `primary_metric` |
+| export     | `onnx_outputs` (output names and dynamic axes), `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric` |
+| evaluate   | `load_predictor`, `score`, `prediction_table`, `bias_checks`, `write_plots` |
+| register   | `summary_metrics`, `card_context`, `pyfunc_signature` |
+| predict / serve | `load_predictor`, `format_predictions`, `read_labeled` |
+
+A predictor is what `load_predictor(ref)` returns for a model directory or an ONNX export: it has `labels`
+and `predict(texts)`, whose output only the same task's `score`, `format_predictions` and `bias_checks`
+interpret.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Sequence
+
+import pandas as pd
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    #: the one number that ranks models of this task: early stopping, the gate's floor and regression check,
+    #: the registry's version tags
+    primary_metric: ClassVar[str]
+    #: the number the deployable check compares between PyTorch and int8 ONNX (gate rule 4)
+    quality_metric: ClassVar[str]
+    #: a short phrase for reports and the model card ("text classification", "named-entity tagging", ...)
+    description: ClassVar[str]
+
+    # ------------------------------------------------------------------------------------------- data
+    @abstractmethod
+    def read_rows(self, frame: pd.DataFrame, uri: str, p) -> tuple[pd.DataFrame, dict]:
+        """One input file's rows, validated and normalised to the task's split columns; `p` is IngestParams."""
+
+    @abstractmethod
+    def label_space(self, train: pd.DataFrame, uri: str, p) -> list[str]:
+        """The sorted label names of the training rows (the model's id2label)."""
+
+    @abstractmethod
+    def check_heldout(self, frame: pd.DataFrame, labels: list[str], uri: str, p) -> None:
+        """Reject an explicit validation/test file whose labels the training data does not have."""
+
+    @abstractmethod
+    def split(self, frame: pd.DataFrame, p) -> tuple[dict[str, pd.DataFrame], dict]:
+        """Train/validation/test from one file (seeded); returns the splits and what the split did."""
+
+    @abstractmethod
+    def carve(self, frame: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Hold out `share` of `frame` when one of validation/test is given and the other is not."""
+
+    @abstractmethod
+    def to_split_frame(self, frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+        """The frame as written to `<split>.parquet` (label ids added)."""
+
+    @abstractmethod
+    def data_report(self, splits: dict[str, pd.DataFrame], labels: list[str]) -> dict:
+        """Per-split counts, lengths, duplicates and leakage for the data report."""
+
+    # --------------------------------------------------------------------------------------- encoding
+    @abstractmethod
+    def encode(self, tokenizer, frame: pd.DataFrame, max_length: int) -> tuple[dict[str, list], dict]:
+        """Columns of the tokenized dataset (input ids, attention mask, `labels`, `length`) and statistics."""
+
+    # --------------------------------------------------------------------------------------- training
+    @abstractmethod
+    def build_model(self, model_dir: str, labels: list[str]):
+        """A Hugging Face model of the task's head on the base encoder in `model_dir`."""
+
+    @abstractmethod
+    def auto_model_class(self):
+        """The transformers Auto class that loads a fine-tuned model of this task."""
+
+    lora_task_type: ClassVar[str]
+
+    def lora_modules_to_save(self, model) -> list[str] | None:
+        """Modules trained in full beside the LoRA adapters (the new head)."""
+        return None
+
+    @abstractmethod
+    def collator(self, tokenizer):
+        """The Trainer's data collator (dynamic padding)."""
+
+    @abstractmethod
+    def compute_metrics(self, eval_pred) -> dict:
+        """Validation metrics for the Trainer; must contain `primary_metric`."""
+
+    # --------------------------------------------------------------------------------------- inference
+    @abstractmethod
+    def load_predictor(self, ref: str):
+        """A predictor for a model directory, an ONNX file or an export directory."""
+
+    @abstractmethod
+    def format_predictions(self, predictor, outputs, texts: Sequence[str]) -> list[dict]:
+        """One JSON-ready answer per text (`domaintune predict`, the MLflow pyfunc, serving)."""
+
+    # -------------------------------------------------------------------------------------- evaluation
+    @abstractmethod
+    def read_labeled(self, path: str, text_column: str, label_column: str, labels: list[str]) -> pd.DataFrame:
+        """A labeled file in the split layout, labels mapped onto the model's ids (`domaintune evaluate`)."""
+
+    @abstractmethod
+    def score(self, outputs, frame: pd.DataFrame, labels: list[str]) -> dict:
+        """Test metrics of a predictor's outputs on a split frame; contains `primary_metric` and `n`."""
+
+    @abstractmethod
+    def prediction_table(self, frame: pd.DataFrame, outputs) -> pd.DataFrame:
+        """Per-example predictions written beside the evaluation."""
+
+    @abstractmethod
+    def bias_checks(self, predictor, outputs, frame: pd.DataFrame, labels: list[str], p) -> dict:
+        """{"slices": ..., "counterfactual": ...} for the gate's fairness rules; `p` is EvaluateParams."""
+
+    def write_plots(self, metrics: dict, labels: list[str], directory: str) -> list[str]:
+        """Figures for the evaluation directory; returns their file names."""
+        return []
+
+    # ------------------------------------------------------------------------------------------ export
+    @abstractmethod
+    def onnx_outputs(self) -> dict[str, dict[int, str]]:
+        """ONNX output names and their dynamic axes (inputs are always batch x sequence)."""
+
+    @abstractmethod
+    def deployable_metrics(self, outputs, frame: pd.DataFrame, labels: list[str]) -> dict:
+        """Quality of one backend's outputs on the test split; contains `quality_metric` and `n`."""
+
+    # -------------------------------------------------------------------------------------- registry
+    @abstractmethod
+    def summary_metrics(self, metrics: dict) -> dict[str, Any]:
+        """Test metrics as flat MLflow metric names (without the `test_` prefix)."""
+
+    @abstractmethod
+    def card_context(self, labels: list[str], metrics: dict) -> dict:
+        """Task-specific parts of the model card (intended use, the per-label table)."""
+
+    @abstractmethod
+    def pyfunc_signature(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The MLflow model signature: ([(type, input column)], [(type, output column)])."""
