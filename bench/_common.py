@@ -23,18 +23,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SST2 = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "data", "sst2"))
 
 
-def defaults() -> dict:
-    """The pipeline's parameter defaults (its signature is their one source)."""
-    from domaintune.pipelines.params import pipeline_params
-
-    return {p.name: p.default for p in pipeline_params()}
-
-
 def finetune_params(**overrides):
+    """The finetune stage's parameters: its dataclass defaults (their one source), with OVERRIDES."""
     from domaintune.components.finetune.stage import FinetuneParams
 
-    d = defaults()
-    return FinetuneParams(**{**{k: d[k] for k in FinetuneParams.__dataclass_fields__}, **overrides})
+    return FinetuneParams(**overrides)
 
 
 def require_sst2() -> str:
@@ -45,32 +38,30 @@ def require_sst2() -> str:
 
 def prepare_sst2(work: str, rows: int, seed: int = 0) -> dict:
     """A seeded sample of SST-2 train as train, dev as validation and test, through the ingest and tokenize
-    stages (pipeline defaults). Returns paths and what each stage took."""
+    stages (their parameters' defaults). Returns paths and what each stage took."""
     import pandas as pd
 
     from domaintune.components.ingest.stage import IngestParams, run_ingest
     from domaintune.components.io.base_models import resolve_model
-    from domaintune.components.tokenize.stage import run_tokenize
+    from domaintune.components.tokenize.stage import TokenizeParams, run_tokenize
 
     data = require_sst2()
-    d = defaults()
     os.makedirs(work, exist_ok=True)
     train = pd.read_csv(os.path.join(data, "train.tsv"), sep="\t", quoting=3)
     sample = train.sample(n=min(rows, len(train)), random_state=seed)
     sample.to_csv(os.path.join(work, "train.tsv"), sep="\t", index=False)
     dev = os.path.join(data, "dev.tsv")
     params = IngestParams(train_data=os.path.join(work, "train.tsv"), validation_data=dev, test_data=dev,
-                          text_column="sentence", label_column="label", slice_columns=[],
-                          validation_fraction=d["validation_fraction"], test_fraction=d["test_fraction"],
-                          seed=d["seed"], s3_endpoint_url="", data_version="")
-    model_dir = resolve_model(d["base_model"])
+                          text_column="sentence", label_column="label", slice_columns="")
+    tokenize = TokenizeParams()
+    model_dir = resolve_model(tokenize.base_model)
     t0 = time.monotonic()
     report = run_ingest(params, os.path.join(work, "splits"), os.path.join(work, "data_report.json"))
     t1 = time.monotonic()
-    stats = run_tokenize(os.path.join(work, "splits"), model_dir, os.path.join(work, "tokens"), d["max_length"])
+    stats = run_tokenize(os.path.join(work, "splits"), model_dir, os.path.join(work, "tokens"), tokenize)
     t2 = time.monotonic()
     return {"splits": os.path.join(work, "splits"), "tokens": os.path.join(work, "tokens"), "model_dir": model_dir,
-            "rows": report["rows"], "token_stats": stats["splits"], "max_length": d["max_length"],
+            "rows": report["rows"], "token_stats": stats["splits"], "max_length": tokenize.max_length,
             "ingest_seconds": round(t1 - t0, 2), "tokenize_seconds": round(t2 - t1, 2)}
 
 

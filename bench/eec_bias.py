@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     args = ap.parse_args(argv)
 
-    from domaintune.components.inference.torch_backend import load_classifier
+    from domaintune.components.inference.loading import load_predictor as load_classifier
 
     if not os.path.isfile(args.csv):
         print(f"{args.csv}: no such file", file=sys.stderr)

@@ -5,7 +5,7 @@
 Both train the packaged all-MiniLM-L6-v2 on the same ingested SST-2 sample (seeded sample of train.tsv;
 dev.tsv is validation and test) for one epoch, then are scored on dev:
 
-- ours: `run_finetune` with the pipeline's defaults (`pipeline_params()`) except `epochs=1`, on the
+- ours: `run_finetune` with the pipeline's defaults (`FinetuneParams()`) except `epochs=1`, on the
   tokenize stage's output (ingest + tokenize run once, beforehand, with the stage functions).
 - baseline, the tutorials' recipe: a hand-written PyTorch loop, `padding="max_length"` to 128, batch 16,
   `torch.optim.AdamW`, fp32, the same peak learning rate, warm-up share, weight decay and linear decay as
@@ -29,6 +29,14 @@ import tempfile
 import time
 
 from bench import _common as C
+
+
+def finetune_defaults() -> dict:
+    """The finetune stage's parameter defaults (its Params dataclass is their one source)."""
+    from domaintune.components.core.params import defaults
+    from domaintune.components.finetune.stage import FinetuneParams
+
+    return defaults(FinetuneParams)
 
 
 def baseline_setup(splits: str, model_dir: str, labels: list[str], d: dict, seed: int):
@@ -112,7 +120,7 @@ def parse_variant(text: str) -> dict:
     for item in text.split(","):
         key, _, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        kind = type(C.defaults()[key]) if key != "epochs" else float
+        kind = type(finetune_defaults()[key]) if key != "epochs" else float
         if kind is bool and value.lower() not in ("true", "false"):
             raise SystemExit(f"--variant {key}={value}: expected true or false")
         out[key] = value.lower() == "true" if kind is bool else kind(value)
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     work = args.work or tempfile.mkdtemp(prefix="bench-ft-")
-    d = C.defaults()
+    d = finetune_defaults()
     info = C.machine()
     prep = C.prepare_sst2(work, args.rows, args.seed)
     import json
@@ -219,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": {"rows_sampled": args.rows, "seed": args.seed, "rows": prep["rows"], "token_stats": prep["token_stats"],
                  "ingest_seconds": prep["ingest_seconds"], "tokenize_seconds": prep["tokenize_seconds"]},
         "pipeline_defaults_used": {k: d[k] for k in ("batch_size", "learning_rate", "warmup_ratio", "weight_decay",
-                                                     "precision", "max_length", "seed", "lora")} | {"epochs": 1.0},
+                                                     "precision", "seed", "lora")}
+                                  | {"max_length": prep["max_length"], "epochs": 1.0},
         "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
     }
     C.write_json(args.json, result)

@@ -1,4 +1,4 @@
-"""The `domaintune` command (DESIGN.md §4). Heavy imports happen inside the commands so `--help` is quick."""
+"""The `domaintune` command (docs/ARCHITECTURE.md, "Command line"). Heavy imports happen inside the commands so `--help` is quick."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,7 @@ PIPELINE_COMMANDS = ("run", "submit", "schedule")  # commands whose flags are th
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="domaintune",
-        description="Labeled domain text -> fine-tuned, bias-checked, registered transformer classifier (KFP + MLflow).",
+        description="Labeled domain text -> fine-tuned, bias-checked, exported, registered transformer (KFP + MLflow).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parsers = {name: sub.add_parser(name, help=text, description=text) for name, text in COMMANDS.items()}
@@ -64,7 +64,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     pr = parsers["predict"]
     pr.add_argument("--model", required=True, help="model directory, ONNX file, or models:/NAME@ALIAS | models:/NAME/N")
     src = pr.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", nargs="+", help="one or more texts")
+    src.add_argument("--text", nargs="+", action="extend", help="one or more texts (repeat --text or list several)")
     src.add_argument("--data", help="a CSV/TSV/JSONL/Parquet file with a text column")
     pr.add_argument("--text-column", default="text")
     pr.add_argument("--batch-size", type=int, default=64)
@@ -155,32 +155,28 @@ def print_summary(s: dict) -> None:
 
 
 def _load_model(ref: str, scratch: str, tracking_uri: str = ""):
-    from domaintune.components.inference.torch_backend import load_classifier
+    """(task, predictor) for a model directory, an ONNX file or export directory, or a models:/ reference."""
+    from domaintune.components.inference.loading import model_home
     from domaintune.components.registry.client import resolve_model_ref
+    from domaintune.components.tasks import task_of
 
-    return load_classifier(resolve_model_ref(ref, scratch, tracking_uri))
+    local = resolve_model_ref(ref, scratch, tracking_uri)
+    if not os.path.exists(local):
+        raise BadInput(f"--model {ref}: no such file or directory")
+    task = task_of(model_home(local))
+    return task, task.load_predictor(local)
 
 
 def cmd_evaluate(args) -> int:
-    from domaintune.components.ingest.stage import _label_str, read_table
-    from domaintune.components.evaluation.metrics import classification_metrics, format_table
     from domaintune.components.core.runtime import set_offline_defaults
+    from domaintune.components.evaluation.metrics import format_table
 
     set_offline_defaults()
-    frame, _ = read_table(args.data)
-    for column in (args.text_column, args.label_column):
-        if column not in frame.columns:
-            raise BadInput(f"{args.data}: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
     with tempfile.TemporaryDirectory() as scratch:
-        model = _load_model(args.model, scratch, args.tracking_uri)
-        index = {label: i for i, label in enumerate(model.labels)}
-        names = frame[args.label_column].map(_label_str)
-        unknown = ~names.isin(list(index))
-        if unknown.any():
-            row = int(unknown.to_numpy().nonzero()[0][0])
-            raise BadInput(f"{args.data}: row {row + 1}: label {names.iloc[row]!r} is not one of the model's labels {model.labels}")
-        probs = model.predict_proba(frame[args.text_column].astype(str).tolist())
-    metrics = classification_metrics(names.map(index).to_numpy(), probs.argmax(axis=1), model.labels)
+        task, model = _load_model(args.model, scratch, args.tracking_uri)
+        frame = task.read_labeled(args.data, args.text_column, args.label_column, list(model.labels))
+        outputs = model.predict(frame["text"].tolist())
+    metrics = task.score(outputs, frame, list(model.labels))
     print(format_table(metrics))
     if args.json:
         _write_json(args.json, metrics)
@@ -194,40 +190,40 @@ def cmd_predict(args) -> int:
     if args.batch_size <= 0:
         raise BadInput(f"--batch-size must be a positive integer (got {args.batch_size})")
     with tempfile.TemporaryDirectory() as scratch:
-        model = _load_model(args.model, scratch, args.tracking_uri)
-        if args.text:
-            texts = args.text
-            probs = model.predict_proba(texts, batch_size=args.batch_size)
-        else:
-            texts, probs = _predict_file(model, args)
-    results = [{"text": t, "label": model.labels[int(p.argmax())], "score": round(float(p.max()), 4)}
-               for t, p in zip(texts, probs)]
+        task, model = _load_model(args.model, scratch, args.tracking_uri)
+        texts = args.text if args.text else _read_texts(args)
+        outputs = _predict_in_chunks(model, texts, args.batch_size, show=not args.text)
+    results = task.format_predictions(model, outputs, texts)
     if args.json:
-        _write_json(args.json, results)
+        _write_json(args.json, [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in results])
     if args.text or not args.json:
         for r in results:
-            print(f"{r['label']}\t{r['score']:.4f}\t{r['text']}")
+            print("\t".join(f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in r.items() if k != "text")
+                  + f"\t{r['text']}")
     return 0
 
 
-def _predict_file(model, args):
-    """Stream a file in chunks with a progress bar; length sorting happens inside each chunk."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from domaintune.components.ingest.stage import read_table
+def _read_texts(args) -> list[str]:
+    from domaintune.components.io.tables import read_table
 
     frame, _ = read_table(args.data)
     if args.text_column not in frame.columns:
         raise BadInput(f"{args.data}: no column {args.text_column!r} (columns: {', '.join(map(str, frame.columns))})")
-    texts = frame[args.text_column].astype(str).tolist()
-    chunk = max(args.batch_size * 16, 1024)
+    return frame[args.text_column].astype(str).tolist()
+
+
+def _predict_in_chunks(model, texts: list[str], batch_size: int, show: bool):
+    """Predict a file in chunks with a progress bar; length sorting happens inside each chunk."""
+    import numpy as np
+    from tqdm import tqdm
+
+    chunk = max(batch_size * 16, 1024)
     parts = []
-    with tqdm(total=len(texts), unit="text", file=sys.stderr, disable=None) as bar:
+    with tqdm(total=len(texts), unit="text", file=sys.stderr, disable=None if show else True) as bar:
         for start in range(0, len(texts), chunk):
-            parts.append(model.predict_proba(texts[start:start + chunk], batch_size=args.batch_size))
-            bar.update(len(parts[-1]))
-    return texts, np.concatenate(parts) if parts else np.zeros((0, len(model.labels)))
+            parts.append(model.predict(texts[start:start + chunk], batch_size=batch_size))
+            bar.update(len(texts[start:start + chunk]))
+    return np.concatenate(parts) if parts else np.zeros((0, len(model.labels)))
 
 
 def cmd_compile(args) -> int:

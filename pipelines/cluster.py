@@ -11,7 +11,7 @@ import tempfile
 from domaintune.components.core.errors import BadInput
 
 # The KFP backend substitutes this in a recurring run's parameters with each run's scheduled time,
-# so every scheduled retraining gets a fresh cache key for its data (see STACK.md, kfp caching).
+# so every scheduled retraining gets a fresh cache key for its data (kfp caches on arguments, not on data).
 SCHEDULED_TIME = "[[ScheduledTime]]"
 
 

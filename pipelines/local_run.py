@@ -47,37 +47,36 @@ def code_fingerprint() -> str:
     h = hashlib.sha256()
     for package in (components, pipelines):
         root = os.path.dirname(package.__file__)
-        for name in sorted(os.listdir(root)):
-            if name.endswith((".py", ".yaml")):
-                with open(os.path.join(root, name), "rb") as f:
-                    h.update(name.encode() + f.read())
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith((".py", ".yaml", ".j2")):
+                    with open(os.path.join(folder, name), "rb") as f:
+                        h.update(os.path.relpath(os.path.join(folder, name), root).encode() + f.read())
     return h.hexdigest()[:16]
+
+
+def stage_params_classes() -> list:
+    """Every stage's Params: all of them are validated before the pipeline starts."""
+    from domaintune.components.evaluate.stage import EvaluateParams
+    from domaintune.components.export.stage import ExportParams
+    from domaintune.components.finetune.stage import FinetuneParams
+    from domaintune.components.ingest.stage import IngestParams
+    from domaintune.components.pretrain.stage import PretrainParams
+    from domaintune.components.register.stage import RegisterParams
+    from domaintune.components.tokenize.stage import TokenizeParams
+
+    return [IngestParams, TokenizeParams, PretrainParams, FinetuneParams, ExportParams, EvaluateParams, RegisterParams]
 
 
 def preflight(values: dict) -> dict:
     """Cheap checks before any task starts, with the stages' own validators: bad parameters and
     missing local files fail in a second, not after ingest and tokenize have run."""
-    from domaintune.components.evaluate.stage import EvaluateParams
-    from domaintune.components.finetune.stage import FinetuneParams
-    from domaintune.components.evaluation.gate import Thresholds
-    from domaintune.components.ingest.stage import IngestParams
-    from domaintune.components.io.base_models import resolve_model
-    from domaintune.components.register.stage import RegisterParams
-    from domaintune.components.core.runtime import csv_list
-    from domaintune.components.tokenize.stage import check_max_length
+    from domaintune.components.core.params import from_values
+    from domaintune.components.io.base_models import check_max_length, resolve_model
 
-    def fields(cls):
-        return {k: values[k] for k in cls.__dataclass_fields__ if k in values}
-
-    ingest = IngestParams(**{**fields(IngestParams), "slice_columns": csv_list(values["slice_columns"])})
-    FinetuneParams(**fields(FinetuneParams))
-    EvaluateParams(**{**fields(EvaluateParams), "thresholds": Thresholds(**fields(Thresholds)),
-                      "slice_columns": csv_list(values["slice_columns"])})
-    RegisterParams(**fields(RegisterParams), pipeline_run_id="")
-    if values["domain_corpus"] or values["pretrain_on_train_text"]:
-        from domaintune.components.pretrain.stage import PretrainParams
-
-        PretrainParams(**fields(PretrainParams))
+    built = {cls.__name__: from_values(cls, values) for cls in stage_params_classes()}
+    ingest = built["IngestParams"]
     local_files = []
     for key in ("train_data", "validation_data", "test_data", "identity_terms", "domain_corpus"):
         uri = values[key] or (ingest.train_data if key == "train_data" else "")
@@ -246,10 +245,22 @@ def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tu
         return None, 1, f"{ANSI.sub('', failure)}; full log: {log_path}"
 
     summary = storage.read_json(task.output)  # the summary's path, returned by register
+    write_run_dir(out, summary, log_path, run_id, seconds, monitor.stages, values)
+    os.remove(log_path)
+    code = 0 if summary["status"] == "registered" else 3
+    return summary, code, ""
+
+
+def write_run_dir(out: str, summary: dict, log_path: str, run_id: str, seconds: float, stages: list[dict],
+                  values: dict) -> None:
+    """The run directory: copies (never links into the kfp.local cache, which later runs reuse) of the model,
+    the deployable the gate judged, the evaluation, the reports, the card and the log; then summary.json."""
     with storage.atomic_dir(out) as tmp:
         artifacts = summary.pop("artifacts", {})
-        shutil.copytree(artifacts["model"], os.path.join(tmp, "model"), copy_function=_link_or_copy)
-        shutil.copytree(artifacts["evaluation"], os.path.join(tmp, "evaluation"), copy_function=_link_or_copy)
+        shutil.copytree(artifacts["model"], os.path.join(tmp, "model"))
+        if artifacts.get("export"):
+            shutil.copytree(artifacts["export"], os.path.join(tmp, "deployable"))
+        shutil.copytree(artifacts["evaluation"], os.path.join(tmp, "evaluation"))
         os.makedirs(os.path.join(tmp, "reports"))
         for name in ("data_report", "history"):
             shutil.copy(artifacts[name], os.path.join(tmp, "reports", f"{name}.json"))
@@ -258,19 +269,10 @@ def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tu
         if card:
             with open(os.path.join(tmp, "model_card.md"), "w") as f:
                 f.write(card)
-        summary.update({"model_dir": os.path.join(out, "model"), "output_dir": out, "run_id": run_id,
-                        "wall_seconds": round(seconds, 1), "stages": [
+        export = summary.get("export") or {}
+        deployable = os.path.join(out, "deployable", export["deployable_file"]) if export.get("deployable_file") else None
+        summary.update({"model_dir": os.path.join(out, "model"), "deployable_path": deployable,
+                        "output_dir": out, "run_id": run_id, "wall_seconds": round(seconds, 1), "stages": [
                             {k: (round(v, 2) if k == "seconds" else v) for k, v in s.items() if k in ("name", "status", "seconds")}
-                            for s in monitor.stages], "parameters": values})
+                            for s in stages], "parameters": values})
         storage.write_json(os.path.join(tmp, "summary.json"), summary)
-    os.remove(log_path)
-    code = 0 if summary["status"] == "registered" else 3
-    return summary, code, ""
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    """Hard links: the run directory is self-contained at no copy cost (artifacts are never modified)."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

@@ -31,27 +31,40 @@ def trained(tmp_path_factory):
     from domaintune.components.finetune.stage import FinetuneParams, run_finetune
     from domaintune.components.ingest.stage import IngestParams, run_ingest
     from domaintune.components.io.base_models import resolve_model
-    from domaintune.components.tokenize.stage import run_tokenize
+    from domaintune.components.tokenize.stage import TokenizeParams, run_tokenize
 
     root = tmp_path_factory.mktemp("trained")
-    run_ingest(ingest_params(slice_columns=["channel"], validation_fraction=0.2, test_fraction=0.2),
+    run_ingest(ingest_params(slice_columns="channel", validation_fraction=0.2, test_fraction=0.2),
                str(root / "splits"), str(root / "data_report.json"))
     base = resolve_model("all-MiniLM-L6-v2")
-    run_tokenize(str(root / "splits"), base, str(root / "tokens"), 64)
+    run_tokenize(str(root / "splits"), base, str(root / "tokens"), TokenizeParams(max_length=64))
     history = run_finetune(str(root / "tokens"), base, str(root / "model"), str(root / "history.json"),
                            finetune_params(epochs=4, batch_size=8, learning_rate=3e-4))
     return {"root": root, "splits": str(root / "splits"), "tokens": str(root / "tokens"),
             "model": str(root / "model"), "history": history, "base": base}
 
 
+@pytest.fixture(scope="session")
+def exported(trained):
+    """The tiny trained model's ONNX export (the deployable evaluate scores)."""
+    from domaintune.components.export.stage import ExportParams, run_export
+
+    out = str(trained["root"] / "onnx")
+    if not os.path.isdir(out):
+        run_export(trained["model"], os.path.join(trained["splits"], "test.parquet"), out,
+                   ExportParams(export_latency_runs=0))
+    return out
+
+
 def finetune_params(**overrides):
-    """FinetuneParams with the pipeline's defaults (the pipeline signature is their one source)."""
+    """FinetuneParams with its defaults (the dataclass is their one place) and OVERRIDES."""
     from domaintune.components.finetune.stage import FinetuneParams
 
-    return FinetuneParams(**{**pipeline_defaults(FinetuneParams), **overrides})
+    return FinetuneParams(**overrides)
 
 
 def pipeline_defaults(cls):
+    """The pipeline's defaults for CLS's fields (tests/test_param_contract.py proves they are CLS's own)."""
     from domaintune.pipelines.params import pipeline_params
 
     defaults = {p.name: p.default for p in pipeline_params()}
@@ -61,7 +74,6 @@ def pipeline_defaults(cls):
 def ingest_params(**overrides):
     from domaintune.components.ingest.stage import IngestParams
 
-    values = {**pipeline_defaults(IngestParams), "train_data": TINY, **overrides}
-    if isinstance(values["slice_columns"], str):
-        values["slice_columns"] = [c for c in values["slice_columns"].split(",") if c]
-    return IngestParams(**values)
+    if isinstance(overrides.get("slice_columns"), list):
+        overrides["slice_columns"] = ",".join(overrides["slice_columns"])
+    return IngestParams(**{"train_data": TINY, **overrides})

@@ -104,10 +104,26 @@ def test_evaluate_and_predict_on_a_model_dir(trained, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()[-2:]
     assert [len(line.split("\t")) for line in lines] == [3, 3]
 
+    # --text repeated predicts each text, in order (it used to keep only the last one)
+    assert main(["predict", "--model", trained["model"], "--text", "I was charged twice", "--text", "where is my parcel",
+                 "--text", "reset my password"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert [line.split("\t")[-1] for line in lines] == ["I was charged twice", "where is my parcel", "reset my password"]
+
     preds = tmp_path / "preds.json"
     assert main(["predict", "--model", trained["model"], "--data", TINY, "--json", str(preds)]) == 0
     results = json.loads(preds.read_text())
     assert len(results) == 48 and {"text", "label", "score"} <= set(results[0])
+
+
+def test_evaluate_and_predict_on_the_onnx_deployable(trained, exported, tmp_path, capsys):
+    """The same commands on the export directory: the task and labels come from the files beside the model."""
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", exported, "--data", TINY, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 48
+    assert main(["predict", "--model", exported, "--text", "I was charged twice"]) == 0
+    label = capsys.readouterr().out.strip().splitlines()[-1].split("\t")[0]
+    assert label in {"account_access", "billing", "shipping"}
 
 
 def test_evaluate_bad_inputs_exit_2(trained, tmp_path):

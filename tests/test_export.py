@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 
@@ -14,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from domaintune.components.export import stage as E  # noqa: E402
 from domaintune.components.core.errors import BadInput, DomaintuneError  # noqa: E402
-from domaintune.components.inference.torch_backend import load_classifier  # noqa: E402
+from domaintune.components.inference.loading import load_predictor as load_classifier  # noqa: E402
 from domaintune.components.inference.onnx_backend import OnnxClassifier  # noqa: E402
 
 WORDS = ("the film was good bad great awful boring moving a plot with actors and music that felt long short "
@@ -53,8 +54,8 @@ def test_data(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def exported(tiny_model, test_data, tmp_path_factory) -> tuple[str, dict]:
     out = str(tmp_path_factory.mktemp("export") / "onnx")
-    report = E.run_export(tiny_model, test_data, out, max_int8_drop=0.5, latency_runs=2, typical_tokens=16,
-                          latency_warmup=1)
+    report = E.run_export(tiny_model, test_data, out, E.ExportParams(max_int8_drop=0.5, export_latency_runs=2),
+                          typical_tokens=16, latency_warmup=1)
     return out, report
 
 
@@ -90,9 +91,12 @@ def test_accuracy_drop_and_deployable(exported):
     _, report = exported
     m = report["metrics"]
     assert set(m) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
-    assert report["int8_accuracy_drop"] == pytest.approx(m["pytorch_fp32"]["accuracy"] - m["onnx_int8"]["accuracy"])
+    assert report["quality_metric"] == "accuracy"
+    assert report["int8_quality_drop"] == pytest.approx(m["pytorch_fp32"]["accuracy"] - m["onnx_int8"]["accuracy"])
     assert m["onnx_fp32"]["accuracy"] == m["pytorch_fp32"]["accuracy"]
-    assert report["deployable"] == ("int8" if report["int8_accuracy_drop"] <= 0.5 else "fp32")
+    assert report["deployable"] == ("int8" if report["int8_quality_drop"] <= 0.5 else "fp32")
+    assert report["params"] == {"max_int8_drop": 0.5, "max_parity_diff": 0.001, "int8_per_channel": True,
+                                "int8_reduce_range": False, "export_latency_runs": 2}
 
 
 def test_latency_table(exported):
@@ -141,15 +145,40 @@ def test_onnx_classifier_pickles_without_session(exported):
     np.testing.assert_allclose(clone.predict_proba(["a good film", "an awful boring plot"]), before, atol=1e-6)
 
 
-def test_fallback_to_fp32_when_int8_drops_too_much(tiny_model, test_data, tmp_path):
+def test_fallback_to_fp32_when_int8_drops_too_much(tiny_model, test_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "int8_acceptable", lambda drop, limit: False)
     out = str(tmp_path / "onnx")
-    report = E.run_export(tiny_model, test_data, out, max_int8_drop=-1, latency_runs=0, optimize=True)
+    report = E.run_export(tiny_model, test_data, out, E.ExportParams(export_latency_runs=0), optimize=True)
     assert report["deployable"] == "fp32" and report["deployable_file"] == "model.onnx"
     assert "fp32 ONNX ships" in report["reason"] and "max_int8_drop" in report["reason"]
     assert report["latency"] is None
     assert report["settings"]["optimize"]["fused_operators"].get("Attention") == 2
     assert report["parity"]["max_abs_logit_diff"] <= 1e-3  # the fused graph is exact too
     assert os.path.basename(OnnxClassifier(out).model_path) == "model.onnx"
+
+
+def test_int8_ships_only_on_a_measured_drop(tiny_model, test_data, tmp_path, monkeypatch):
+    """One int8 rule, fail-closed: an int8 quality that cannot be measured (NaN) ships the fp32 ONNX."""
+    from domaintune.components.tasks.classification import Classification
+
+    measured = []
+
+    def metrics(self, outputs, frame, labels):  # pytorch_fp32, onnx_fp32, onnx_int8 — in that order
+        measured.append(1)
+        return {"accuracy": float("nan") if len(measured) == 3 else 0.9, "macro_f1": 0.9, "n": len(frame)}
+
+    monkeypatch.setattr(Classification, "deployable_metrics", metrics)
+    report = E.run_export(tiny_model, test_data, str(tmp_path / "onnx"), E.ExportParams(export_latency_runs=0))
+    assert len(measured) == 3 and math.isnan(report["int8_quality_drop"])
+    assert report["deployable"] == "fp32" and report["deployable_file"] == "model.onnx"
+
+
+@pytest.mark.parametrize("field, value", [("max_int8_drop", -0.1), ("max_int8_drop", float("nan")),
+                                          ("max_int8_drop", 1.0), ("max_parity_diff", 0), ("export_latency_runs", -1),
+                                          ("export_latency_runs", True)])
+def test_bad_export_params(field, value):
+    with pytest.raises(BadInput, match="--" + field.replace("_", "-")):
+        E.ExportParams(**{field: value})
 
 
 def test_bad_paths_are_bad_input(tiny_model, test_data, tmp_path):
@@ -180,6 +209,6 @@ def test_failed_export_leaves_nothing(tiny_model, test_data, tmp_path, monkeypat
     parent = tmp_path / "runs"
     parent.mkdir()
     with pytest.raises(E.ExportParityError, match="differ from PyTorch by up to 1") as info:
-        E.run_export(tiny_model, test_data, str(parent / "onnx"), latency_runs=0)
+        E.run_export(tiny_model, test_data, str(parent / "onnx"), E.ExportParams(export_latency_runs=0))
     assert isinstance(info.value, DomaintuneError) and info.value.exit_code == 1
     assert list(parent.iterdir()) == []

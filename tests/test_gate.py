@@ -1,4 +1,4 @@
-"""The promotion gate (DESIGN.md §3): every comparison's direction, ties, no / incomparable champion, NaN
+"""The promotion gate (docs/ARCHITECTURE.md, "The gate"): every comparison's direction, ties, no / incomparable champion, NaN
 fails closed, and each fairness threshold failing with its own reason."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from domaintune.components.core.errors import BadInput
 from domaintune.components.evaluation.gate import Thresholds, decide, int8_acceptable, should_promote
 
-T = Thresholds(min_macro_f1=0.6, max_regression=0.01, max_flip_rate=0.05, max_slice_gap=0.15, max_int8_drop=0.01)
+T = Thresholds(min_macro_f1=0.6, max_regression=0.01, max_flip_rate=0.05, max_slice_gap=0.15)
 
 
 def fair_bias(flip=0.01, gap=0.05, n_pairs=200):
@@ -192,14 +192,29 @@ def test_fairness_not_configured_is_skipped_with_a_note():
 
 # --------------------------------------------------------------------------------------------- int8
 
-def test_int8_drop_picks_the_export_without_blocking():
-    d = decide({"macro_f1": 0.9, "int8_accuracy_drop": 0.03}, None, fair_bias(), T)
+def test_int8_rule_is_fail_closed():
+    """The one int8 rule the export stage applies: a known, finite drop within the limit ships int8."""
+    assert int8_acceptable(0.005, 0.01) and int8_acceptable(0.01, 0.01) and int8_acceptable(-0.02, 0.01)
+    for bad in (0.02, float("nan"), float("inf"), None, "n/a", True):
+        assert not int8_acceptable(bad, 0.01), bad
+
+
+def test_int8_fallback_is_reported_without_blocking():
+    export = {"deployable": "fp32", "int8_quality_drop": 0.03, "max_int8_drop": 0.01}
+    d = decide({"macro_f1": 0.9}, None, fair_bias(), T, export=export)
     c = check(d, "int8_drop")
     assert d["passed"] and not c["passed"] and not c["blocking"]
     assert any("fp32" in n for n in d["notes"])
-    assert check(decide({"macro_f1": 0.9, "int8_accuracy_drop": 0.01}, None, fair_bias(), T), "int8_drop")["passed"]
-    assert int8_acceptable(0.005, T) and int8_acceptable(0.01, T)
-    assert not int8_acceptable(0.02, T) and not int8_acceptable(float("nan"), T) and not int8_acceptable(None, T)
+    shipped = {"deployable": "int8", "int8_quality_drop": 0.0, "max_int8_drop": 0.01}
+    assert check(decide({"macro_f1": 0.9}, None, fair_bias(), T, export=shipped), "int8_drop")["passed"]
+    assert not any(c["name"] == "int8_drop" for c in decide({"macro_f1": 0.9}, None, fair_bias(), T)["checks"])
+
+
+def test_gate_reads_the_tasks_primary_metric():
+    d = decide({"macro_f1": 0.1, "entity_f1": 0.9}, {"entity_f1": 0.95, "version": 1}, fair_bias(), T,
+               metric="entity_f1")
+    assert check(d, "quality")["passed"] and not check(d, "no_regression")["passed"]
+    assert d["metric"] == "entity_f1" and "entity_f1" in d["reasons"][0]
 
 
 # ------------------------------------------------------------------------------------- thresholds
@@ -208,8 +223,8 @@ def test_default_thresholds():
     from conftest import pipeline_defaults
 
     t = Thresholds(**pipeline_defaults(Thresholds))
-    assert (t.min_macro_f1, t.max_regression, t.max_flip_rate, t.max_slice_gap, t.max_int8_drop) == (
-        0.6, 0.01, 0.10, 0.15, 0.01)
+    assert (t.min_macro_f1, t.max_regression, t.max_flip_rate, t.max_slice_gap) == (0.6, 0.01, 0.10, 0.15)
+    assert t == Thresholds()
 
 
 @pytest.mark.parametrize("kwargs, flag", [({"max_flip_rate": -0.1}, "--max-flip-rate"),
@@ -224,5 +239,6 @@ def test_invalid_thresholds_are_bad_input(kwargs, flag):
 def test_decision_is_json_serialisable():
     import json
 
-    d = decide({"macro_f1": 0.9, "int8_accuracy_drop": 0.0}, {"macro_f1": 0.8, "version": "2"}, fair_bias(), T)
+    d = decide({"macro_f1": 0.9}, {"macro_f1": 0.8, "version": "2"}, fair_bias(), T,
+               export={"deployable": "int8", "int8_quality_drop": 0.0, "max_int8_drop": 0.01})
     assert json.loads(json.dumps(d))["passed"] is True

@@ -6,7 +6,8 @@ import pytest
 from conftest import TINY, ingest_params
 
 from domaintune.components.core.errors import BadInput
-from domaintune.components.ingest.stage import run_ingest, sorted_labels
+from domaintune.components.ingest.stage import run_ingest
+from domaintune.components.tasks.classification import sorted_labels
 
 
 def ingest(tmp_path, **overrides):

@@ -187,7 +187,7 @@ def _register_in_process(args):
     from domaintune.components.register.stage import run_register
 
     out = {"root": root, "model": os.path.join(root, "model"), "export": export_dir}
-    summary = run_register(run_inputs(out), os.path.join(root, f"summary-{run_id}.json"), register_params(uri, name, run_id))
+    summary = run_register(run_inputs(out), os.path.join(root, f"summary-{run_id}.json"), register_params(uri, name), run_id)
     return summary["registry"]["version"], summary["registry"]["run_id"]
 
 

@@ -9,8 +9,9 @@ from test_cli import cli, one_clear_line
 
 pytestmark = pytest.mark.slow
 
-SUMMARY_KEYS = ["status", "metrics.test.accuracy", "metrics.test.macro_f1", "bias", "gate.passed", "gate.reasons",
-                "export", "registry.model_name", "registry.version", "registry.aliases", "model_dir"]
+SUMMARY_KEYS = ["status", "task", "metrics.test.accuracy", "metrics.test.macro_f1", "metrics.test_pytorch.accuracy",
+                "bias", "gate.passed", "gate.reasons", "export", "registry.model_name", "registry.version",
+                "registry.aliases", "model_dir", "deployable_path"]
 TINY_ARGS = ["--train-data", TINY, "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-4",
              "--validation-fraction", "0.2", "--test-fraction", "0.2", "--min-macro-f1", "0.3",
              "--max-flip-rate", "1", "--model-name", "tickets", "--export-latency-runs", "0"]
@@ -58,6 +59,15 @@ def test_first_run_registers_a_challenger(workdir):
     assert 0 <= summary["metrics"]["test"]["macro_f1"] <= 1
     assert os.path.isfile(os.path.join(summary["model_dir"], "model.safetensors"))
     assert versions(workdir) == ["1"]
+    # the gate judged the deployable that ships, and the run directory holds it (copies, not cache links)
+    deployable = summary["export"]["deployable"]
+    assert summary["metrics"]["scored"] == f"onnx-{deployable}"
+    assert summary["deployable_path"] == os.path.join(summary["output_dir"], "deployable",
+                                                      "model.int8.onnx" if deployable == "int8" else "model.onnx")
+    assert os.path.isfile(summary["deployable_path"])
+    for path in (summary["deployable_path"], os.path.join(summary["model_dir"], "model.safetensors")):
+        assert os.stat(path).st_nlink == 1, f"{path} is a hard link into the kfp.local cache"
+    assert "Measured on the shipped deployable" in open(os.path.join(summary["output_dir"], "model_card.md")).read()
     for stage in ("ingest", "tokenize", "finetune", "evaluate", "register"):
         assert f"✓ {stage}" in err, err  # the user sees each stage finish
     assert "test macro-F1" in out and "registered" in out
@@ -120,3 +130,37 @@ def test_a_new_champion_invalidates_the_cached_evaluation(workdir):
     stages = {s["name"]: s["status"] for s in summary["stages"]}
     assert stages["finetune"] == "cached" and stages["evaluate"] == "done"  # compared with the new champion
     assert summary["gate"]["champion"]["version"] == 1
+
+
+def test_the_pretraining_branch_registers_its_perplexity(workdir):
+    """TAPT on the training texts: the MLflow run, the model card and summary.json carry perplexity before and
+    after (the branch used to register as if it never pretrained)."""
+    code, _, err = run(workdir, "--pretrain-on-train-text", "--mlm-max-steps", "4", "--mlm-head-warmup-steps", "2",
+                       "--mlm-batch-size", "8", "--max-length", "32", "--model-name", "tapt")
+    assert code == 0, err[-3000:]
+    assert "✓ pretrain" in err
+    summary, _ = latest_summary(workdir)
+    ppl = summary["pretrain"]["perplexity"]
+    assert ppl["before"] > 0 and ppl["after"] > 0 and summary["pretrain"]["steps"] == 4
+    with sqlite3.connect(workdir / "mlflow.db") as con:
+        run_id = summary["registry"]["run_id"]
+        metrics = dict(con.execute("select key, value from latest_metrics where run_uuid = ?", (run_id,)))
+        tags = dict(con.execute("select key, value from tags where run_uuid = ?", (run_id,)))
+        params = dict(con.execute("select key, value from params where run_uuid = ?", (run_id,)))
+    assert metrics["pretrain_perplexity_after"] == pytest.approx(ppl["after"]) and tags["pretrained"] == "true"
+    assert params["pretrain_on_train_text"] == "True" and params["mlm_max_steps"] == "4"
+    card = open(os.path.join(summary["output_dir"], "model_card.md")).read()
+    assert "no domain-adaptive pretraining" not in card and "held-out perplexity" in card
+
+
+def test_every_pipeline_parameter_reaches_the_mlflow_run(workdir):
+    """register logs the stages' effective parameters from their reports: all of them, in both branches."""
+    from domaintune.pipelines.params import pipeline_params
+
+    with sqlite3.connect(workdir / "mlflow.db") as con:
+        runs = [r[0] for r in con.execute("select run_uuid from runs")]
+        assert len(runs) >= 4  # registered, rejected and pretrained runs above
+        for run_id in runs:
+            logged = {r[0] for r in con.execute("select key from params where run_uuid = ?", (run_id,))}
+            missing = {p.name for p in pipeline_params()} - logged
+            assert not missing, f"pipeline parameters not in MLflow run {run_id}: {sorted(missing)}"

@@ -136,7 +136,7 @@ def test_tapt_on_the_train_split_feeds_finetune(base, tmp_path):
 
     from domaintune.components.finetune.stage import run_finetune
     from domaintune.components.ingest.stage import run_ingest
-    from domaintune.components.tokenize.stage import run_tokenize
+    from domaintune.components.tokenize.stage import TokenizeParams, run_tokenize
 
     splits = str(tmp_path / "splits")
     run_ingest(ingest_params(validation_fraction=0.2, test_fraction=0.2), splits, str(tmp_path / "data.json"))
@@ -145,7 +145,7 @@ def test_tapt_on_the_train_split_feeds_finetune(base, tmp_path):
     train_rows = len(pd.read_parquet(os.path.join(splits, "train.parquet")))
     assert report["corpus"]["sources"] == [{"kind": "train_text", "uri": os.path.join(splits, "train.parquet"),
                                             "sha256": report["corpus"]["sources"][0]["sha256"], "documents": train_rows}]
-    run_tokenize(splits, base, str(tmp_path / "tokens"), 32)
+    run_tokenize(splits, base, str(tmp_path / "tokens"), TokenizeParams(max_length=32))
     history = run_finetune(str(tmp_path / "tokens"), str(tmp_path / "tapt"), str(tmp_path / "model"),
                            str(tmp_path / "history.json"), finetune_params(epochs=1, batch_size=16))
     assert history["global_steps"] > 0 and os.path.isfile(tmp_path / "model" / "model.safetensors")

@@ -67,31 +67,34 @@ def history_report(max_length: int = 64) -> dict:
 def stage_outputs(root, export: bool = True) -> dict:
     """Real ingest (tiny.csv), a tiny model, real evaluate (gate thresholds that pass) and, with `export`,
     a real ONNX export directory: everything `RunInputs` points at."""
+    from dataclasses import asdict
+
     from domaintune.components.evaluate.stage import EvaluateParams, run_evaluate
-    from domaintune.components.export.stage import run_export
-    from domaintune.components.evaluation.gate import Thresholds
+    from domaintune.components.export.stage import ExportParams, run_export
     from domaintune.components.ingest.stage import run_ingest
     from domaintune.components.io.storage import write_json
+    from domaintune.components.pretrain.stage import PretrainParams
+    from domaintune.components.tokenize.stage import TokenizeParams
 
     root = str(root)
     os.makedirs(root, exist_ok=True)
-    run_ingest(ingest_params(slice_columns=["channel"], validation_fraction=0.2, test_fraction=0.2),
+    run_ingest(ingest_params(slice_columns="channel", validation_fraction=0.2, test_fraction=0.2),
                os.path.join(root, "splits"), os.path.join(root, "data_report.json"))
     model = tiny_classifier(os.path.join(root, "model"))
-    write_json(os.path.join(root, "token_stats.json"), {"max_length": 64, "splits": {
+    write_json(os.path.join(root, "token_stats.json"), {"params": asdict(TokenizeParams(max_length=64)),
+                                                         "max_length": 64, "splits": {
         s: {"examples": 10, "tokens_mean": 12.5, "tokens_p95": 20.0, "tokens_max": 30, "truncated": 0,
             "truncated_fraction": 0.0} for s in ("train", "validation", "test")}})
     write_json(os.path.join(root, "history.json"), history_report())
-    thresholds = Thresholds(**{**pipeline_defaults(Thresholds), "min_macro_f1": 0.0, "max_flip_rate": 1.0,
-                               "max_slice_gap": 1.0})
-    run_evaluate(model, os.path.join(root, "splits"), os.path.join(root, "evaluation"),
-                 EvaluateParams(**{**pipeline_defaults(EvaluateParams), "thresholds": thresholds,
-                                   "slice_columns": ["channel"], "min_slice_size": 5}))
+    write_json(os.path.join(root, "plan"), {"params": asdict(PretrainParams()), "wanted": False})
     export_dir = ""
     if export:
         export_dir = os.path.join(root, "export")
-        run_export(model, os.path.join(root, "splits", "test.parquet"), export_dir, max_int8_drop=0.99, latency_runs=2,
-                   typical_tokens=8)
+        run_export(model, os.path.join(root, "splits", "test.parquet"), export_dir,
+                   ExportParams(max_int8_drop=0.99, export_latency_runs=2), typical_tokens=8)
+    run_evaluate(model, export_dir or None, os.path.join(root, "splits"), os.path.join(root, "evaluation"),
+                 EvaluateParams(min_macro_f1=0.0, max_flip_rate=1.0, max_slice_gap=1.0, slice_columns="channel",
+                                min_slice_size=5))
     return {"root": root, "model": model, "export": export_dir}
 
 
@@ -116,18 +119,14 @@ def run_inputs(out: dict, gate_passed: bool | None = None, beats_champion: bool 
     return RunInputs(model_dir=out["model"], data_report=os.path.join(out["root"], "data_report.json"),
                      token_stats=os.path.join(out["root"], "token_stats.json"),
                      history=os.path.join(out["root"], "history.json"), evaluation_dir=evaluation,
-                     export_dir=out["export"])
+                     export_dir=out["export"], pretrain_plan=os.path.join(out["root"], "plan"))
 
 
-def register_params(uri: str, model_name: str, run_id: str, auto_promote: bool = False):
-    """As register_op builds them: the parameters no stage report carries come directly (DIRECT_PARAMS)."""
-    from domaintune.components.register.stage import DIRECT_PARAMS, RegisterParams
-    from domaintune.pipelines.params import pipeline_params
+def register_params(uri: str, model_name: str, auto_promote: bool = False):
+    from domaintune.components.register.stage import RegisterParams
 
-    direct = {p.name: p.default for p in pipeline_params() if p.name in DIRECT_PARAMS}
     return RegisterParams(model_name=model_name, mlflow_tracking_uri=uri, experiment_name="domaintune",
-                          auto_promote=auto_promote, pipeline_run_id=run_id, base_model="all-MiniLM-L6-v2",
-                          pipeline_params=direct)
+                          auto_promote=auto_promote)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +154,7 @@ def register(outputs, store, tmp_path, name, run_id, **kw):
     gate = {k: kw.pop(k) for k in ("gate_passed", "beats_champion") if k in kw}
     out = kw.pop("out", outputs)
     return run_register(run_inputs(out, **gate), str(tmp_path / f"{run_id}.json"),
-                        register_params(store["uri"], name, run_id, **kw))
+                        register_params(store["uri"], name, **kw), run_id)
 
 
 def mlflow_client(uri):
@@ -288,7 +287,7 @@ def test_model_card_description_fits_mlflow():
 def test_git_commit_of_the_installed_code(tmp_path, monkeypatch):
     import subprocess
 
-    from domaintune.components.register.stage import git_commit
+    from domaintune.components.register.lineage import git_commit
 
     src = os.path.dirname(os.path.abspath(__import__("domaintune.components", fromlist=["x"]).__file__))
     head = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True, text=True)
@@ -327,7 +326,7 @@ def test_register_records_everything_and_serves_onnx(outputs, store, tmp_path):
 
     mlflow.set_tracking_uri(store["uri"])
     model = mlflow.pyfunc.load_model("models:/full@challenger")
-    assert isinstance(model.unwrap_python_model().classifier, OnnxClassifier)
+    assert isinstance(model.unwrap_python_model().predictor, OnnxClassifier)
     pred = model.predict(pd.DataFrame({"text": ["I was charged twice", "my parcel is lost"]}))
     assert list(pred.columns) == ["label", "score"] and set(pred["label"]) <= set(LABELS)
 
@@ -363,17 +362,20 @@ def test_rejected_candidate_logs_a_run_and_card_but_no_version(outputs, store, t
 def test_pretraining_report_reaches_the_run_and_the_card(outputs, store, tmp_path):
     import mlflow
 
+    from domaintune.components.pretrain.stage import PretrainParams
     from domaintune.components.register.stage import run_register
 
-    report = tmp_path / "pretrain_report"  # KFP's file name: no extension
-    report.write_text(json.dumps({"params": {"domain_corpus": "s3://corpus/tickets.txt", "mlm_epochs": 2.0,
-                                             "mlm_max_steps": 77, "checkpoint_dir": "/ckpt/pretrain", "seed": 42},
-                                  "corpus": {"documents": 900},
-                                  "perplexity": {"before": 31.5, "after": 12.25, "relative_change": -0.611},
-                                  "training": {"steps": 77}}))
+    # finetune carries the pretrain stage's report (the adapted encoder's pretrain.json) in its history
+    history = history_report()
+    history["pretrain"] = {"params": {**pipeline_defaults(PretrainParams), "domain_corpus": "s3://corpus/tickets.txt",
+                                      "mlm_epochs": 2.0, "mlm_max_steps": 77, "checkpoint_dir": "/ckpt/pretrain"},
+                           "corpus": {"documents": 900},
+                           "perplexity": {"before": 31.5, "after": 12.25, "relative_change": -0.611},
+                           "training": {"steps": 77}}
+    (tmp_path / "history.json").write_text(json.dumps(history))
     inputs = run_inputs(outputs)
-    inputs.pretrain_report = str(report)
-    summary = run_register(inputs, str(tmp_path / "s.json"), register_params(store["uri"], "adapted", "kfp-dapt"))
+    inputs.history = str(tmp_path / "history.json")
+    summary = run_register(inputs, str(tmp_path / "s.json"), register_params(store["uri"], "adapted"), "kfp-dapt")
     run = mlflow_client(store["uri"]).get_run(summary["registry"]["run_id"])
     assert run.data.params["domain_corpus"] == "s3://corpus/tickets.txt" and run.data.params["mlm_max_steps"] == "77"
     assert run.data.params["checkpoint_dir"] == ""  # finetune's, not pretrain's own subfolder

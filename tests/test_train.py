@@ -9,13 +9,14 @@ from datasets import load_from_disk
 
 from domaintune.components.core.errors import BadInput
 from domaintune.components.finetune.stage import FinetuneParams, pick_precision, run_finetune
-from domaintune.components.inference.torch_backend import HFClassifier, load_classifier
+from domaintune.components.inference.loading import load_predictor as load_classifier
+from domaintune.components.inference.torch_backend import HFClassifier
 from domaintune.components.io.base_models import resolve_model
-from domaintune.components.tokenize.stage import run_tokenize
+from domaintune.components.tokenize.stage import TokenizeParams, run_tokenize
 
 
 def test_tokenize_stores_no_padding_and_counts_truncation(trained, tmp_path):
-    stats = run_tokenize(trained["splits"], trained["base"], str(tmp_path / "tok"), max_length=12)
+    stats = run_tokenize(trained["splits"], trained["base"], str(tmp_path / "tok"), TokenizeParams(max_length=12))
     train = load_from_disk(str(tmp_path / "tok" / "train"))
     lengths = [len(x) for x in train["input_ids"]]
     assert max(lengths) == 12 and min(lengths) < 12  # truncated to max_length, never padded
@@ -28,7 +29,7 @@ def test_tokenize_stores_no_padding_and_counts_truncation(trained, tmp_path):
 @pytest.mark.parametrize("value", [0, -3, 100000])
 def test_bad_max_length(trained, tmp_path, value):
     with pytest.raises(BadInput, match="--max-length"):
-        run_tokenize(trained["splits"], trained["base"], str(tmp_path / "tok"), max_length=value)
+        run_tokenize(trained["splits"], trained["base"], str(tmp_path / "tok"), TokenizeParams(max_length=value))
     assert not (tmp_path / "tok").exists()
 
 

@@ -1,6 +1,6 @@
 """Errors a stage raises on purpose; the CLI and the KFP shells map them to exit codes.
 
-DESIGN.md §4: 2 = bad input or usage (one clear line, no traceback), 3 = candidate rejected by a gate,
+docs/ARCHITECTURE.md, "Exit codes": 2 = bad input or usage (one clear line, no traceback), 3 = candidate rejected by a gate,
 1 = anything else (a real bug keeps its traceback).
 """
 import math

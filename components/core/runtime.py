@@ -1,5 +1,5 @@
 """How a stage runs inside a KFP task: expected failures become one `domaintune:error` line and the
-DESIGN.md §4 exit code (no traceback); anything unexpected keeps its traceback and exits 1."""
+exit code of docs/ARCHITECTURE.md ("Exit codes") (no traceback); anything unexpected keeps its traceback and exits 1."""
 from __future__ import annotations
 
 import json
@@ -31,25 +31,17 @@ def run_stage(stage: str, fn, *args, **kwargs):
         raise SystemExit(exc.exit_code) from None
 
 
-def csv_list(value: str) -> list[str]:
-    return [item.strip() for item in (value or "").split(",") if item.strip()]
+def stage_params(stage: str, cls, values: dict):
+    """A stage's Params from a KFP shell's inputs (`locals()`): a bad value is the stage's one-line error."""
+    from domaintune.components.core.params import from_values
+
+    return run_stage(stage, from_values, cls, values)
 
 
-def finetune_task(tokens_dir: str, model_dir: str, model, history, training_metrics, **params) -> dict:
-    """The body both finetune components share (from the base model, or from the pretrained encoder)."""
-    from domaintune.components.finetune.stage import FinetuneParams, run_finetune
-
-    p = run_stage("finetune", FinetuneParams, **params)
-    result = run_stage("finetune", run_finetune, tokens_dir, model_dir, model.path, history.path, p)
-    pretrained = os.path.join(model_dir, "pretrain.json")
-    if os.path.isfile(pretrained):  # the encoder came from the pretrain stage: keep its report with the run
-        with open(pretrained) as f:
-            result["pretrain"] = json.load(f)
-        with open(history.path, "w") as f:
-            json.dump(result, f, indent=2, default=str)
-    for key in ("accuracy", "macro_f1"):
-        training_metrics.log_metric(f"validation_{key}", result["validation"][key])
-    training_metrics.log_metric("examples_per_second", result["examples_per_second"])
-    with open(training_metrics.path, "w") as f:  # a real file, so local caching can hit
-        json.dump(training_metrics.metadata, f)
-    return result
+def log_metrics(artifact, metrics: dict) -> None:
+    """Scalars on a KFP Metrics artifact (shown in the KFP UI), written to its file so local caching can hit."""
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            artifact.log_metric(key, float(value))
+    with open(artifact.path, "w") as f:
+        json.dump(artifact.metadata, f)

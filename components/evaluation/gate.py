@@ -1,4 +1,4 @@
-"""The promotion gate (DESIGN.md §3), TFX-"blessing"-style: value thresholds on the candidate, a change
+"""The promotion gate (docs/ARCHITECTURE.md, "The gate"), TFX-"blessing"-style: value thresholds on the candidate, a change
 threshold against the current champion measured on the same test split in this run, and fairness limits.
 
 decide(...) ->
@@ -10,8 +10,12 @@ decide(...) ->
      "champion": {...} | None,       # the champion as compared (its macro_f1 and identity), None if none
      "thresholds": {...}}
 
+The quality and regression checks use the task's primary metric (`metric`, macro-F1 for classification),
+measured on the deployable that ships. The int8-or-fp32 choice is made by the export stage with
+`int8_acceptable`, the one int8 rule; the gate reports it (rule 4, not blocking).
+
 Every comparison fails closed: a NaN or non-numeric metric fails its check. Inclusive bounds throughout
-(≥ for the floors, ≤ for the ceilings), as DESIGN.md §3 states them.
+(≥ for the floors, ≤ for the ceilings), as docs/ARCHITECTURE.md states them.
 """
 from __future__ import annotations
 
@@ -23,16 +27,16 @@ from domaintune.components.core.errors import BadInput
 
 @dataclass
 class Thresholds:
-    # Defaults live in the pipeline signature (their one source); the reasoning behind them is here.
-    # Quality floor on test macro-F1. It catches a broken run, not a mediocre one (a collapsed model that
+    # The one place of these defaults (the pipeline signature reads them); the reasoning behind them is here.
+    # Quality floor on the task's primary test metric (macro-F1 for classification). It catches a broken run, not a mediocre one (a collapsed model that
     # predicts the majority class scores under 0.5 macro-F1 on two classes, under 0.33 on three, and
     # chance-level guessing about 1/k), so 0.6 is a floor any working model clears: raise it per task.
-    min_macro_f1: float
+    min_macro_f1: float = 0.6
     # How much macro-F1 a candidate may lose to the champion and still be blessed (as `challenger`; it
     # replaces the champion only when strictly better). 0.01 is one point: candidate and champion are
     # scored on the same rows, so their paired difference is far less noisy than either score, and a
     # retrain with another seed typically moves macro-F1 by less than a point; more is a real regression.
-    max_regression: float
+    max_regression: float = 0.01
     # Counterfactual identity-swap flip rate, gated on the worst axis with enough pairs (a pooled rate would
     # let 500 gender pairs hide 20 religion pairs that all flip). Swapping only an identity term should not
     # change the label, but pairs near the decision boundary flip on any perturbation. Measured with a
@@ -42,21 +46,17 @@ class Thresholds:
     # sexual orientation, where the mean P(positive) moves by 0.2-0.5 ("a blind person" 0.10 vs "a sighted
     # person" 0.62). 0.05 would reject that near-fair gender axis on boundary noise alone; 0.10 tolerates
     # it and still rejects every axis where the identity term itself steers the prediction.
-    max_flip_rate: float
+    max_flip_rate: float = 0.1
     # Worst gap (best minus worst gated slice) in accuracy or macro-F1 across the values of a slice column.
     # Slices are gated from 30 rows, where a slice's accuracy (~0.85) has a standard error of ~0.065 and
     # the difference of two such slices ~0.09: a 0.10 limit would reject a fair model about one time in
     # four with just two minimum-size slices (more with several), 0.15 about one in ten, and with 100-row
     # slices almost never. 0.15 is also about the four-fifths rule at accuracy 0.75 (0.75 vs 0.60). Lower
     # it together with a larger --min-slice-size.
-    max_slice_gap: float
-    # Accuracy the int8 ONNX export may lose against fp32 on the test split. Dynamic int8 quantization of a
-    # BERT-style encoder usually costs well under a point; more means quantization hurt (outlier-sensitive
-    # layers) and the fp32 ONNX ships instead. Not blocking: it chooses the export, it does not reject.
-    max_int8_drop: float
-
+    max_slice_gap: float = 0.15
     def __post_init__(self):
-        for name, value in asdict(self).items():
+        for name in ("min_macro_f1", "max_regression", "max_flip_rate", "max_slice_gap"):
+            value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
                 raise BadInput(f"{flag} must be a number in [0, 1] (got {value!r})")
@@ -81,138 +81,128 @@ def _check(name: str, value, op: str, threshold, passed: bool, detail: str, *, b
             "blocking": blocking, "skipped": skipped, "detail": detail}
 
 
-def int8_acceptable(int8_accuracy_drop, thresholds: Thresholds) -> bool:
-    """For the export stage: ship the int8 ONNX only when its accuracy drop is known and ≤ max_int8_drop."""
-    drop = _num(int8_accuracy_drop)
-    return drop is not None and drop <= thresholds.max_int8_drop
+def int8_acceptable(quality_drop, max_int8_drop: float) -> bool:
+    """The one int8 rule (export ships int8 only when this holds): the int8 ONNX's quality drop against
+    PyTorch fp32 is known, finite, and at most `max_int8_drop`. NaN or a missing drop ships fp32."""
+    drop = _num(quality_drop)
+    return drop is not None and drop <= max_int8_drop
 
 
-def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds: Thresholds) -> dict:
-    """Bless or reject a candidate (DESIGN.md §3).
+def quality_check(value, thresholds: Thresholds, metric: str) -> dict:
+    f1 = _num(value)
+    if f1 is None:
+        return _check("quality", value, ">=", thresholds.min_macro_f1, False,
+                      f"candidate {metric} is missing or not a number ({value!r})")
+    return _check("quality", f1, ">=", thresholds.min_macro_f1, f1 >= thresholds.min_macro_f1,
+                  f"test {metric} {f1:.4f} vs floor {thresholds.min_macro_f1}")
 
-    candidate: at least {"macro_f1"}; optionally "int8_accuracy_drop" (export's measurement).
-    champion: None when there is no champion yet; else at least {"macro_f1"} measured on the same test
-      split in this run (other keys, e.g. "version", are carried into the result).
-    bias: {"counterfactual": counterfactual_probe() result | None, "slices": slice_metrics() result | None}.
+
+def regression_check(f1: float | None, champion: dict | None, thresholds: Thresholds, metric: str,
+                     notes: list[str]) -> tuple[dict, bool, dict | None]:
+    """(check, beats_champion, the champion as compared)."""
+    if champion is None:
+        notes.append("no champion yet: nothing to regress against")
+        return _check("no_regression", f1, ">=", None, True, "no champion yet", skipped=True), f1 is not None, None
+    summary = dict(champion)
+    if metric not in champion:
+        notes.append(f"champion has no {metric}: no comparable champion, regression check skipped and the "
+                     "candidate will not replace it automatically")
+        return _check("no_regression", f1, ">=", None, True, f"champion has no {metric} (no comparable champion)",
+                      skipped=True), False, summary
+    c_f1 = _num(champion.get(metric))
+    if f1 is None or c_f1 is None:
+        which = "candidate" if f1 is None else "champion"
+        return _check("no_regression", f1, ">=", None, False,
+                      f"{which} {metric} is not a number: cannot compare"), False, summary
+    floor = c_f1 - thresholds.max_regression
+    ok = f1 >= floor - 1e-12  # tiny tolerance so 0.79 vs 0.80 - 0.01 is not lost to float rounding
+    return _check("no_regression", f1, ">=", floor, ok,
+                  f"candidate {metric} {f1:.4f} vs champion {c_f1:.4f} − {thresholds.max_regression} "
+                  f"(Δ {f1 - c_f1:+.4f})"), \
+        f1 > c_f1, summary
+
+
+def flip_check(probe: dict | None, thresholds: Thresholds, notes: list[str]) -> dict:
+    limit = thresholds.max_flip_rate
+    if probe is None:
+        notes.append("counterfactual probe not run")
+        return _check("counterfactual_flip_rate", None, "<=", limit, True, "not run", skipped=True)
+    value = probe.get("max_axis_flip_rate", probe.get("flip_rate"))
+    rate = _num(value)
+    if not probe.get("n_pairs"):
+        return _check("counterfactual_flip_rate", value, "<=", limit, False, "the counterfactual probe measured no pairs")
+    if "max_axis_flip_rate" in probe and probe["max_axis_flip_rate"] is None:
+        return _check("counterfactual_flip_rate", None, "<=", limit, False,
+                      f"no axis reached the {probe.get('min_pairs', '?')} pairs needed to gate it "
+                      f"({probe.get('n_pairs')} pairs in all): add templates/fillers or terms")
+    if rate is None:
+        return _check("counterfactual_flip_rate", value, "<=", limit, False, f"flip rate is not a number ({value!r})")
+    return _check("counterfactual_flip_rate", rate, "<=", limit, rate <= limit,
+                  f"worst axis {probe.get('worst_axis') or '?'} flips {rate:.3f} of identity-swapped pairs "
+                  f"(pooled {_fmt(probe.get('flip_rate'))} over {probe.get('n_pairs')} pairs)")
+
+
+def slice_check(slices: dict | None, thresholds: Thresholds, notes: list[str]) -> dict:
+    limit = thresholds.max_slice_gap
+    if slices is None:
+        notes.append("no slice columns: slice gap not measured")
+        return _check("slice_gap", None, "<=", limit, True, "no slice columns", skipped=True)
+    if slices.get("max_slice_gap") is None:
+        notes.append(f"no slice column has two slices of ≥ {slices.get('min_slice_size')} rows: slice gap not gated")
+        return _check("slice_gap", None, "<=", limit, True, "fewer than two gated slices in every column", skipped=True)
+    gap = _num(slices.get("max_slice_gap"))
+    if gap is None:
+        return _check("slice_gap", slices.get("max_slice_gap"), "<=", limit, False, "slice gap is not a number")
+    return _check("slice_gap", gap, "<=", limit, gap <= limit,
+                  f"worst slice gap {gap:.3f} in column {slices.get('worst_column')!r}")
+
+
+def export_check(export: dict, notes: list[str]) -> dict:
+    """Rule 4 as the export stage applied it (int8_acceptable): reported, never blocking."""
+    drop, limit = export.get("int8_quality_drop"), export.get("max_int8_drop")
+    ok = export.get("deployable") == "int8"
+    if not ok:
+        notes.append(f"int8 quality drop {_fmt(drop)} > {limit} (or not measurable): shipping fp32 ONNX")
+    return _check("int8_drop", _num(drop) if _num(drop) is not None else drop, "<=", limit, ok,
+                  "int8 ONNX ships" if ok else "int8 loses too much: the fp32 ONNX ships", blocking=False)
+
+
+def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds: Thresholds,
+           metric: str = "macro_f1", export: dict | None = None) -> dict:
+    """Bless or reject a candidate (rules 1-4 above).
+
+    candidate: at least {metric}, measured on the deployable. champion: None when there is no champion yet;
+    else at least {metric} measured on the same test split in this run (other keys, e.g. "version", are
+    carried into the result). bias: {"counterfactual": probe result | None, "slices": slice result | None}.
+    export: the export report ({"deployable", "int8_quality_drop", "max_int8_drop"}), None when not exported.
 
     Choices, each tested:
     - no champion: the regression check passes and beats_champion is True (the first blessed model may
       become champion).
-    - champion without a macro_f1 key: there is no comparable champion. The regression check is skipped
+    - champion without the metric: there is no comparable champion. The regression check is skipped
       (it does not block the candidate from being registered as `challenger`), but beats_champion is False
       so auto-promotion never silently replaces a champion we could not compare against; a note says so.
-    - champion whose macro_f1 is NaN or not a number: the comparison was attempted and broke, so the
+    - champion whose metric is NaN or not a number: the comparison was attempted and broke, so the
       regression check fails closed.
     - ties: candidate == champion passes the regression check (≥ champion − max_regression) but does not
-      beat the champion; only a strictly greater macro-F1 does, so a retrain that changes nothing does not
+      beat the champion; only a strictly greater value does, so a retrain that changes nothing does not
       churn the champion alias.
     - bias None / probe or slices None: that fairness check was not configured; it is recorded as skipped
       with a note. A probe that ran but measured no pairs, or a NaN rate, fails closed.
     """
     if not isinstance(thresholds, Thresholds):
         raise BadInput(f"thresholds must be a Thresholds (got {type(thresholds).__name__})")
-    candidate = candidate or {}
-    checks: list[dict] = []
-    notes: list[str] = []
-
-    # 1. quality
-    f1 = _num(candidate.get("macro_f1"))
-    if f1 is None:
-        checks.append(_check("quality", candidate.get("macro_f1"), ">=", thresholds.min_macro_f1, False,
-                             f"candidate macro-F1 is missing or not a number ({candidate.get('macro_f1')!r})"))
-    else:
-        checks.append(_check("quality", f1, ">=", thresholds.min_macro_f1, f1 >= thresholds.min_macro_f1,
-                             f"test macro-F1 {f1:.4f} vs floor {thresholds.min_macro_f1}"))
-
-    # 2. no regression against the champion
-    beats = False
-    champ_summary = None
-    if champion is None:
-        beats = f1 is not None
-        notes.append("no champion yet: nothing to regress against")
-        checks.append(_check("no_regression", f1, ">=", None, True, "no champion yet", skipped=True))
-    elif "macro_f1" not in champion:
-        champ_summary = dict(champion)
-        notes.append("champion has no macro_f1: no comparable champion, regression check skipped and the "
-                     "candidate will not replace it automatically")
-        checks.append(_check("no_regression", f1, ">=", None, True,
-                             "champion has no macro_f1 (no comparable champion)", skipped=True))
-    else:
-        champ_summary = dict(champion)
-        c_f1 = _num(champion.get("macro_f1"))
-        if f1 is None or c_f1 is None:
-            which = "candidate" if f1 is None else "champion"
-            checks.append(_check("no_regression", f1, ">=", None, False,
-                                 f"{which} macro-F1 is not a number: cannot compare"))
-        else:
-            floor = c_f1 - thresholds.max_regression
-            # tiny tolerance so 0.79 vs 0.80 - 0.01 is not lost to float rounding
-            ok = f1 >= floor - 1e-12
-            beats = f1 > c_f1
-            checks.append(_check("no_regression", f1, ">=", floor, ok,
-                                 f"candidate {f1:.4f} vs champion {c_f1:.4f} − {thresholds.max_regression} "
-                                 f"(Δ {f1 - c_f1:+.4f})"))
-
-    # 3. fairness
-    bias = bias or {}
-    probe = bias.get("counterfactual")
-    if probe is None:
-        notes.append("counterfactual probe not run")
-        checks.append(_check("counterfactual_flip_rate", None, "<=", thresholds.max_flip_rate, True,
-                             "not run", skipped=True))
-    else:
-        value = probe.get("max_axis_flip_rate", probe.get("flip_rate"))
-        axis = probe.get("worst_axis")
-        rate = _num(value)
-        if not probe.get("n_pairs"):
-            checks.append(_check("counterfactual_flip_rate", value, "<=", thresholds.max_flip_rate, False,
-                                 "the counterfactual probe measured no pairs"))
-        elif "max_axis_flip_rate" in probe and probe["max_axis_flip_rate"] is None:
-            checks.append(_check("counterfactual_flip_rate", None, "<=", thresholds.max_flip_rate, False,
-                                 f"no axis reached the {probe.get('min_pairs', '?')} pairs needed to gate it "
-                                 f"({probe.get('n_pairs')} pairs in all): add templates/fillers or terms"))
-        elif rate is None:
-            checks.append(_check("counterfactual_flip_rate", value, "<=", thresholds.max_flip_rate, False,
-                                 f"flip rate is not a number ({value!r})"))
-        else:
-            checks.append(_check("counterfactual_flip_rate", rate, "<=", thresholds.max_flip_rate,
-                                 rate <= thresholds.max_flip_rate,
-                                 f"worst axis {axis or '?'} flips {rate:.3f} of identity-swapped pairs "
-                                 f"(pooled {_fmt(probe.get('flip_rate'))} over {probe.get('n_pairs')} pairs)"))
-    slices = bias.get("slices")
-    if slices is None:
-        notes.append("no slice columns: slice gap not measured")
-        checks.append(_check("slice_gap", None, "<=", thresholds.max_slice_gap, True, "no slice columns",
-                             skipped=True))
-    elif slices.get("max_slice_gap") is None:
-        notes.append(f"no slice column has two slices of ≥ {slices.get('min_slice_size')} rows: slice gap "
-                     "not gated")
-        checks.append(_check("slice_gap", None, "<=", thresholds.max_slice_gap, True,
-                             "fewer than two gated slices in every column", skipped=True))
-    else:
-        gap = _num(slices.get("max_slice_gap"))
-        if gap is None:
-            checks.append(_check("slice_gap", slices.get("max_slice_gap"), "<=", thresholds.max_slice_gap, False,
-                                 "slice gap is not a number"))
-        else:
-            checks.append(_check("slice_gap", gap, "<=", thresholds.max_slice_gap, gap <= thresholds.max_slice_gap,
-                                 f"worst slice gap {gap:.3f} in column {slices.get('worst_column')!r}"))
-
-    # 4. export (not blocking: it picks fp32 over int8)
-    if "int8_accuracy_drop" in candidate:
-        drop = candidate.get("int8_accuracy_drop")
-        ok = int8_acceptable(drop, thresholds)
-        checks.append(_check("int8_drop", _num(drop) if _num(drop) is not None else drop, "<=",
-                             thresholds.max_int8_drop, ok,
-                             "int8 ONNX ships" if ok else "int8 loses too much accuracy: the fp32 ONNX ships",
-                             blocking=False))
-        if not ok:
-            notes.append(f"int8 accuracy drop {_fmt(drop)} > {thresholds.max_int8_drop}: shipping fp32 ONNX")
-
+    candidate, bias, notes = candidate or {}, bias or {}, []
+    f1 = _num(candidate.get(metric))
+    regression, beats, champ_summary = regression_check(f1, champion, thresholds, metric, notes)
+    checks = [quality_check(candidate.get(metric), thresholds, metric), regression,
+              flip_check(bias.get("counterfactual"), thresholds, notes), slice_check(bias.get("slices"), thresholds, notes)]
+    if export:
+        checks.append(export_check(export, notes))
     reasons = [_reason(c) for c in checks if c["blocking"] and not c["passed"]]
-    passed = not reasons
-    return {"passed": passed, "beats_champion": bool(beats and f1 is not None), "reasons": reasons,
-            "notes": notes, "checks": checks, "champion": champ_summary, "thresholds": asdict(thresholds)}
+    return {"passed": not reasons, "beats_champion": bool(beats and f1 is not None), "reasons": reasons,
+            "notes": notes, "checks": checks, "champion": champ_summary, "metric": metric,
+            "thresholds": asdict(thresholds)}
 
 
 def should_promote(decision: dict, auto_promote: bool) -> bool:

@@ -189,6 +189,9 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
 
     history = build_history(task, p, trainer, result, best, clock, resume, len(train),
                             {**model_info, "precision_used": precision, "max_length": max_length})
+    pretrained = os.path.join(model_dir, "pretrain.json")
+    if os.path.isfile(pretrained):  # the encoder came from the pretrain stage: its report travels with the run
+        history["pretrain"] = storage.read_json(pretrained)
     save_model(trainer.model.merge_and_unload() if p.lora else trainer.model, tokenizer, output_dir, task, labels,
                max_length, p)
     os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)

@@ -2,7 +2,7 @@
 directory); ONNX exports go through inference/onnx_backend.py with the same surface.
 
 Texts are sorted by length before batching so each batch pads only to its own longest text; on short
-domain texts that removes most padding work (DESIGN.md §6).
+domain texts that removes most padding work (bench/BENCHMARKS.md).
 """
 from __future__ import annotations
 

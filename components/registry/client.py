@@ -15,6 +15,7 @@ import time
 from domaintune.components.core.errors import BadInput
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+DEFAULT_MODEL_NAME = "domaintune-classifier"
 HF_ARTIFACT, ONNX_ARTIFACT = "model", "onnx"  # pyfunc artifact keys (DomaintuneClassifier.load_context)
 MODEL_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
 
@@ -181,22 +182,22 @@ def champion_version(uri: str, model_name: str) -> str:
 
 
 def fetch_champion(uri: str, model_name: str, dest: str, version_number: str) -> tuple[str, dict] | None:
-    """Download the Hugging Face directory of the champion version `champion_version` resolved, or None
-    when it found none ("").
+    """Download the deployable of the champion version `champion_version` resolved (its ONNX export, or the
+    Hugging Face directory of a version registered without one), or None when it found none ("").
 
-    The Hugging Face model, not the ONNX export: the gate compares candidate and champion scored the same
-    way (PyTorch) on the same test split."""
+    The gate compares candidate and champion the same way: each scored through what it ships, on the same
+    test split."""
     if not version_number:
         return None
     c = client(uri)
     version = c.get_model_version(model_name, version_number)
-    _, local = download_part(c, version, dest, (HF_ARTIFACT,))
+    _, local = download_part(c, version, dest, (ONNX_ARTIFACT, HF_ARTIFACT))
     info = {"model_name": model_name, "version": int(version.version), "run_id": version.run_id}
     return local, info
 
 
 def resolve_model_ref(ref: str, dest: str, tracking: str = "") -> str:
-    """A model reference -> a local path `load_classifier` understands.
+    """A model reference -> a local path `inference.loading.load_predictor` understands.
 
     `models:/NAME@ALIAS` and `models:/NAME/N` download the version's ONNX export directory when it has one
     (so `predict` and `evaluate` run what is deployed, through onnxruntime, int8 when the export report says

@@ -201,7 +201,7 @@ class Classification(Task):
 
     def format_predictions(self, predictor, outputs, texts):
         labels = predictor.labels
-        return [{"text": t, "label": labels[int(p.argmax())], "score": round(float(p.max()), 4)}
+        return [{"text": t, "label": labels[int(p.argmax())], "score": float(p.max())}
                 for t, p in zip(texts, outputs)]
 
     # -------------------------------------------------------------------------------------- evaluation

@@ -6,7 +6,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 def pick_precision(requested: str) -> str:
     """bf16 where the hardware does it natively (CUDA Ampere+, CPUs with AVX-512 BF16 or AMX): measured
-    here 1.8x the fp32 training throughput at the same accuracy (STACK.md); fp32 elsewhere."""
+    here 1.8x the fp32 training throughput at the same accuracy (bench/BENCHMARKS.md); fp32 elsewhere."""
     import torch
 
     if requested != "auto":
