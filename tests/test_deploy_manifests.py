@@ -34,7 +34,7 @@ K8S = ROOT / "k8s"
 DOCKER = ROOT / "docker"
 DOCKERFILES = {"cuda": DOCKER / "Dockerfile", "cpu": DOCKER / "Dockerfile.cpu"}
 
-# Contracts shared with the pipeline (components/kfp_components.py, pipelines/) and the READMEs.
+# Contracts shared with the pipeline (components/core/images.py, pipelines/) and the READMEs.
 APP_UID = 10001
 DEFAULT_IMAGES = {"cpu": "ghcr.io/domaintune/domaintune:0.1.0-cpu", "cuda": "ghcr.io/domaintune/domaintune:0.1.0-cuda"}
 MLFLOW_NAMESPACE = "domaintune"
@@ -373,12 +373,12 @@ def test_gpu_pool_contract(built):
 
 def test_default_images_match_pipeline():
     """docker/README.md and the k8s GPU check use the images the pipeline defaults to."""
-    source = (ROOT / "components" / "kfp_components.py")
+    source = (ROOT / "components" / "core" / "images.py")
     text = source.read_text() if source.exists() else ""
     for var, flavour in (("DOMAINTUNE_IMAGE", "cpu"), ("DOMAINTUNE_GPU_IMAGE", "cuda")):
         m = re.search(rf'"{var}",\s*"([^"]+)"', text)
         if m is None:
-            pytest.skip(f"components/kfp_components.py has no {var} default to compare with")
+            pytest.fail(f"components/core/images.py has no {var} default to compare with")
         assert m.group(1) == DEFAULT_IMAGES[flavour], f"{var} default changed: update docker/README.md and k8s/gpu-pool"
     docs = (DOCKER / "README.md").read_text()
     for var, image in (("DOMAINTUNE_IMAGE", DEFAULT_IMAGES["cpu"]), ("DOMAINTUNE_GPU_IMAGE", DEFAULT_IMAGES["cuda"])):

@@ -99,6 +99,15 @@ def test_pyproject_lists_every_package():
             assert name in listed, f"{name} is missing from pyproject.toml's packages: a wheel would lack it"
 
 
+def test_pyproject_ships_every_template():
+    config = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))
+    data = config["tool"]["setuptools"]["package-data"]
+    for folder, _, files in os.walk(COMPONENTS):
+        if os.path.basename(folder) == "templates" and any(n.endswith(".j2") for n in files):
+            package = "domaintune.components." + os.path.relpath(os.path.dirname(folder), COMPONENTS).replace(os.sep, ".")
+            assert "templates/*.j2" in data.get(package, []), f"{package}'s templates are not package data"
+
+
 def test_nothing_points_outside_the_repository():
     """A user's clone has no ../shared: the design lives in docs/ARCHITECTURE.md."""
     pattern = re.compile(r"DESIGN\.md|STACK\.md|\.\./shared/(?!data)")

@@ -135,7 +135,7 @@ def test_a_new_champion_invalidates_the_cached_evaluation(workdir):
 def test_the_pretraining_branch_registers_its_perplexity(workdir):
     """TAPT on the training texts: the MLflow run, the model card and summary.json carry perplexity before and
     after (the branch used to register as if it never pretrained)."""
-    code, _, err = run(workdir, "--pretrain-on-train-text", "--mlm-max-steps", "4", "--mlm-head-warmup-steps", "2",
+    code, _, err = run(workdir, "--pretrain-on-train-text", "--mlm-max-steps", "4", "--mlm-epochs", "50", "--mlm-head-warmup-steps", "2",
                        "--mlm-batch-size", "8", "--max-length", "32", "--model-name", "tapt")
     assert code == 0, err[-3000:]
     assert "✓ pretrain" in err

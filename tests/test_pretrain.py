@@ -225,11 +225,22 @@ def test_tapt_without_a_train_split(base, tmp_path):
     (dict(mlm_head_warmup_steps=-5), "--mlm-head-warmup-steps"),
     (dict(precision="fp8"), "--precision"),
     (dict(corpus_text_column=""), "--corpus-text-column"),
-    (dict(domain_corpus="", pretrain_on_train_text=False), "--domain-corpus or --pretrain-on-train-text"),
+    (dict(mlm_epochs=float("nan")), "--mlm-epochs"),
+    (dict(mlm_batch_size=True), "--mlm-batch-size"),
 ])
 def test_bad_parameters_name_the_flag(overrides, flag):
     with pytest.raises(BadInput, match=flag):
         pretrain_params(**{"domain_corpus": TINY, **overrides})
+
+
+def test_nothing_to_pretrain_on_is_refused_by_the_stage_not_by_the_plan(base, tmp_path):
+    """The defaults (no corpus, no TAPT) are valid parameters: the plan task decides not to pretrain. Only the
+    pretrain stage itself, asked to run without either, refuses."""
+    params = pretrain_params(domain_corpus="", pretrain_on_train_text=False)
+    assert not params.wanted and pretrain_params(pretrain_on_train_text=True).wanted
+    with pytest.raises(BadInput, match="--domain-corpus or --pretrain-on-train-text"):
+        run_pretrain(str(tmp_path), base, str(tmp_path / "m"), str(tmp_path / "r.json"), params)
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_too_little_text(base, tmp_path):

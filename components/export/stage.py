@@ -139,6 +139,50 @@ def settings(inputs, max_length: int, optimization, quantization) -> dict:
             "cpu": _cpu_flags(), "versions": _versions()}
 
 
+def build_onnx(tmp: str, model_dir: str, task, model, tokenizer, texts, max_length: int, labels, p: ExportParams,
+               optimize: bool, lap: Laps) -> dict:
+    """fp32 ONNX (optionally fused), parity-checked against PyTorch on the test texts, then int8. Returns the
+    files, the logits of the three backends and what each step recorded."""
+    fp32_path, int8_path = os.path.join(tmp, FP32_FILE), os.path.join(tmp, INT8_FILE)
+    raw_path = os.path.join(tmp, "model.raw.onnx")
+    inputs = export_onnx(model_dir, raw_path if optimize else fp32_path, task.onnx_outputs())
+    lap("export")
+    optimization = optimize_onnx(raw_path, fp32_path, model.config) if optimize else None
+    if optimize:
+        lap("optimize")
+    write_model_files(tmp, model_dir, model, tokenizer, max_length, labels)
+    # Parity on the whole test split, same padded batches on both sides.
+    reference = torch_logits(model, tokenizer, texts, max_length)
+    ort_fp32 = OnnxClassifier(fp32_path).predict_logits(texts, batch_size=EVAL_BATCH_SIZE)
+    parity = check_parity(reference, ort_fp32, texts, p.max_parity_diff, raw_path if optimize else None)
+    lap("parity")
+    if optimize:
+        os.remove(raw_path)
+    quantization = quantize_onnx(fp32_path, int8_path, per_channel=p.int8_per_channel, reduce_range=p.int8_reduce_range)
+    lap("quantize")
+    ort_int8 = OnnxClassifier(int8_path).predict_logits(texts, batch_size=EVAL_BATCH_SIZE)
+    lap("int8_eval")
+    return {"fp32_path": fp32_path, "int8_path": int8_path, "inputs": inputs, "optimization": optimization,
+            "quantization": quantization, "parity": parity,
+            "logits": {"pytorch_fp32": reference, "onnx_fp32": ort_fp32, "onnx_int8": ort_int8}}
+
+
+def parity_report(built: dict, p: ExportParams) -> dict:
+    reference, ort_int8 = built["logits"]["pytorch_fp32"], built["logits"]["onnx_int8"]
+    return {"max_abs_logit_diff": built["parity"], "threshold": p.max_parity_diff, "n": len(reference),
+            "int8_max_abs_logit_diff": float(np.abs(ort_int8 - reference).max()),
+            "int8_label_agreement": float((ort_int8.argmax(axis=-1) == reference.argmax(axis=-1)).mean())}
+
+
+def latency_probe(model, tokenizer, built: dict, texts, max_length: int, runs: int, typical_tokens, warmup: int):
+    """A short side-by-side latency probe at batch 1 x typical length and 32 x max_length (0 runs: none)."""
+    if not runs:
+        return None
+    typical = typical_tokens or typical_length(tokenizer, texts, max_length)
+    return measure_latencies(model, tokenizer, {"onnx_fp32": built["fp32_path"], "onnx_int8": built["int8_path"]},
+                             texts, shapes=[(1, min(typical, max_length)), (32, max_length)], runs=runs, warmup=warmup)
+
+
 def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams | None = None, *,
                optimize: bool = False, max_length: int | None = None, typical_tokens: int | None = None,
                latency_warmup: int = 3) -> dict:
@@ -160,7 +204,6 @@ def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams 
         positive("typical-tokens", typical_tokens)
     non_negative("latency-warmup", latency_warmup, kind=int)
     task, lap = task_of(model_dir), Laps()
-
     model, tokenizer = load_torch_model(model_dir)
     labels = model_labels(model)
     test = read_labeled(test_data)
@@ -169,62 +212,22 @@ def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams 
     lap("load")
 
     with storage.atomic_dir(output_dir) as tmp:
-        fp32_path, int8_path = os.path.join(tmp, FP32_FILE), os.path.join(tmp, INT8_FILE)
-        raw_path = os.path.join(tmp, "model.raw.onnx")
-        inputs = export_onnx(model_dir, raw_path if optimize else fp32_path, task.onnx_outputs())
-        lap("export")
-        optimization = optimize_onnx(raw_path, fp32_path, model.config) if optimize else None
-        lap("optimize") if optimize else None
-        write_model_files(tmp, model_dir, model, tokenizer, max_length, labels)
-
-        # Parity on the whole test split, same padded batches on both sides.
-        reference = torch_logits(model, tokenizer, texts, max_length)
-        ort_fp32 = OnnxClassifier(fp32_path).predict_logits(texts, batch_size=EVAL_BATCH_SIZE)
-        parity = check_parity(reference, ort_fp32, texts, p.max_parity_diff, raw_path if optimize else None)
-        lap("parity")
-        if optimize:
-            os.remove(raw_path)
-
-        quantization = quantize_onnx(fp32_path, int8_path, per_channel=p.int8_per_channel,
-                                     reduce_range=p.int8_reduce_range)
-        lap("quantize")
-        ort_int8 = OnnxClassifier(int8_path).predict_logits(texts, batch_size=EVAL_BATCH_SIZE)
-        lap("int8_eval")
-
-        metrics = {name: task.deployable_metrics(logits, test, labels)
-                   for name, logits in (("pytorch_fp32", reference), ("onnx_fp32", ort_fp32), ("onnx_int8", ort_int8))}
+        built = build_onnx(tmp, model_dir, task, model, tokenizer, texts, max_length, labels, p, optimize, lap)
+        metrics = {name: task.deployable_metrics(logits, test, labels) for name, logits in built["logits"].items()}
         deployable, drop, reason = choose_deployable(task, metrics, p.max_int8_drop)
-        sizes = {"onnx_fp32_mb": _size_mb(fp32_path), "onnx_int8_mb": _size_mb(int8_path)}
+        sizes = {"onnx_fp32_mb": _size_mb(built["fp32_path"]), "onnx_int8_mb": _size_mb(built["int8_path"])}
         sizes["int8_over_fp32"] = round(sizes["onnx_int8_mb"] / sizes["onnx_fp32_mb"], 3)
-
-        latency = None
-        if p.export_latency_runs:
-            typical = typical_tokens or typical_length(tokenizer, texts, max_length)
-            latency = measure_latencies(model, tokenizer, {"onnx_fp32": fp32_path, "onnx_int8": int8_path}, texts,
-                                        shapes=[(1, min(typical, max_length)), (32, max_length)],
-                                        runs=p.export_latency_runs, warmup=latency_warmup)
+        latency = latency_probe(model, tokenizer, built, texts, max_length, p.export_latency_runs, typical_tokens,
+                                latency_warmup)
+        if latency:
             lap("latency")
-
-        report = {
-            "params": asdict(p),
-            "task": task.name,
-            "deployable": deployable,
-            "deployable_file": INT8_FILE if deployable == "int8" else FP32_FILE,
-            "reason": reason,
-            "parity": {"max_abs_logit_diff": parity, "threshold": p.max_parity_diff, "n": len(texts),
-                       "int8_max_abs_logit_diff": float(np.abs(ort_int8 - reference).max()),
-                       "int8_label_agreement": float((ort_int8.argmax(axis=-1) == reference.argmax(axis=-1)).mean())},
-            "metrics": metrics,
-            "quality_metric": task.quality_metric,
-            "int8_quality_drop": drop,
-            "max_int8_drop": p.max_int8_drop,
-            "sizes": sizes,
-            "latency": latency,
-            "settings": settings(inputs, max_length, optimization, quantization),
-            "model_dir": os.path.abspath(model_dir),
-            "test_data": os.path.abspath(test_data),
-            "seconds": lap.seconds,
-        }
+        report = {"params": asdict(p), "task": task.name, "deployable": deployable,
+                  "deployable_file": INT8_FILE if deployable == "int8" else FP32_FILE, "reason": reason,
+                  "parity": parity_report(built, p), "metrics": metrics, "quality_metric": task.quality_metric,
+                  "int8_quality_drop": drop, "max_int8_drop": p.max_int8_drop, "sizes": sizes, "latency": latency,
+                  "settings": settings(built["inputs"], max_length, built["optimization"], built["quantization"]),
+                  "model_dir": os.path.abspath(model_dir), "test_data": os.path.abspath(test_data),
+                  "seconds": lap.seconds}
         storage.write_json(os.path.join(tmp, REPORT_FILE), report)
         with open(os.path.join(tmp, "export_report.md"), "w") as f:
             f.write(render_report(report))

@@ -1,6 +1,6 @@
 """Bias checks for the evaluate stage (docs/ARCHITECTURE.md, "The gate"): per-slice metrics and gaps, and a counterfactual
 identity-term probe (swap "he" for "she", "Christian" for "Muslim", ... and count how often the prediction
-flips). Pure Python over a `Classifier` (components/inference.py); no KFP or MLflow here.
+flips). Pure Python over a classification predictor (components/inference/); no KFP or MLflow here.
 
 Modules: `terms` (load and validate `identity_terms.yaml`), `swap` (whole-word, case-preserving term swaps),
 `probe` (the counterfactual probe), `slices` (per-slice metrics and gaps), `report` (the Markdown report,
