@@ -24,20 +24,6 @@ DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shar
 FPB = os.path.join(DATA, "financial_phrasebank")
 REUTERS = os.path.join(DATA, "reuters21578_corpus", "train.txt")
 
-# Used only for fields the pipeline signature does not (yet) have; the signature wins where it has them.
-BENCH_DEFAULTS = dict(domain_corpus="", pretrain_on_train_text=False, corpus_text_column="text", mlm_epochs=1.0,
-                      mlm_max_steps=300, mlm_learning_rate=1e-4, mlm_probability=0.15, whole_word_masking=False,
-                      mlm_batch_size=32, mlm_head_warmup_steps=200)
-
-
-def defaults_for(cls) -> dict:
-    from domaintune.pipelines.params import pipeline_params
-
-    signature = {p.name: p.default for p in pipeline_params()}
-    merged = {**BENCH_DEFAULTS, **signature}
-    return {k: merged[k] for k in cls.__dataclass_fields__ if k in merged}
-
-
 def mean_sd(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 4),
             "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
@@ -52,9 +38,9 @@ def throughput(base: str, docs: list[str], max_length: int, batch_size: int, ste
     import torch
     from transformers import AutoModelForMaskedLM
 
+    from domaintune.components.io.base_models import load_tokenizer
     from domaintune.components.pretrain.stage import (Blocks, autocast, make_collator, mlm_loss, split_and_pack,
-                                                tokenize_docs)
-    from domaintune.components.tokenize.stage import load_tokenizer
+                                                      tokenize_docs)
 
     tokenizer = load_tokenizer(base)
     packed, _, stats = split_and_pack(tokenizer, docs, max_length, seed, offsets=False)
@@ -114,8 +100,8 @@ def throughput(base: str, docs: list[str], max_length: int, batch_size: int, ste
 def evaluate_on_dev(model_dir: str, splits_dir: str) -> dict:
     import pandas as pd
 
-    from domaintune.components.inference.torch_backend import HFClassifier
     from domaintune.components.evaluation.metrics import classification_metrics
+    from domaintune.components.inference.torch_backend import HFClassifier
 
     dev = pd.read_parquet(os.path.join(splits_dir, "test.parquet"))
     clf = HFClassifier(model_dir)
@@ -147,11 +133,13 @@ def main() -> int:
         if not os.path.isfile(path):
             sys.exit(f"needs {path}")
 
-    from domaintune.components.finetune.stage import FinetuneParams, pick_precision, run_finetune
+    from domaintune.components.core.params import defaults
+    from domaintune.components.finetune.stage import FinetuneParams, run_finetune
     from domaintune.components.ingest.stage import IngestParams, run_ingest
     from domaintune.components.io.base_models import resolve_model
     from domaintune.components.pretrain.stage import PretrainParams, run_pretrain
-    from domaintune.components.tokenize.stage import run_tokenize
+    from domaintune.components.tokenize.stage import TokenizeParams, run_tokenize
+    from domaintune.components.training.precision import pick_precision
 
     import torch
 
@@ -169,16 +157,16 @@ def main() -> int:
 
         train_csv = os.path.join(work, "train_sample.csv")
         pd.read_csv(os.path.join(FPB, "train.csv")).sample(n=args.limit_train, random_state=0).to_csv(train_csv, index=False)
-    ingest = IngestParams(**{**defaults_for(IngestParams), "train_data": train_csv,
-                             "validation_data": dev, "test_data": dev, "text_column": "sentence",
-                             "label_column": "label", "slice_columns": []})
+    ingest = IngestParams(train_data=train_csv, validation_data=dev, test_data=dev, text_column="sentence",
+                          label_column="label", slice_columns="")
+    overrides = {k: v for k, v in vars(args).items() if k.startswith(("mlm_", "whole_word")) and v is not None}
+    pre = PretrainParams(domain_corpus=args.corpus, **overrides)
     splits, tokens = os.path.join(work, "splits"), os.path.join(work, "tokens")
     run_ingest(ingest, splits, os.path.join(work, "data_report.json"))
-    token_stats = run_tokenize(splits, base, tokens, defaults_for(PretrainParams)["max_length"])
+    # one max_length for tokenize and pretrain, as the pipeline passes them
+    token_stats = run_tokenize(splits, base, tokens, TokenizeParams(max_length=pre.max_length))
 
-    overrides = {k: v for k, v in vars(args).items() if k.startswith(("mlm_", "whole_word")) and v is not None}
-    pre = PretrainParams(**{**defaults_for(PretrainParams), "domain_corpus": args.corpus, **overrides})
-    ft_defaults = defaults_for(FinetuneParams)
+    ft_defaults = defaults(FinetuneParams)
     seeds = [ft_defaults["seed"] + i for i in range(args.seeds)]
     arms = [a for a in args.arms.split(",") if a]
     result = {"base_model": "all-MiniLM-L6-v2", "corpus": args.corpus, "task": "financial_phrasebank dev",

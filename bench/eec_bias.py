@@ -118,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     args = ap.parse_args(argv)
 
-    from domaintune.components.inference.loading import load_predictor as load_classifier
+    from domaintune.components.inference.loading import load_predictor
 
     if not os.path.isfile(args.csv):
         print(f"{args.csv}: no such file", file=sys.stderr)
         return 2
     df = load_eec(args.csv)
-    clf = load_classifier(args.model_dir)
+    clf = load_predictor(args.model_dir)
     if args.positive_label not in clf.labels:
         print(f"--positive-label {args.positive_label!r} is not one of the model's labels {clf.labels}",
               file=sys.stderr)

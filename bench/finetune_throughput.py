@@ -226,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                      "weight_decay": d["weight_decay"]},
         "data": {"rows_sampled": args.rows, "seed": args.seed, "rows": prep["rows"], "token_stats": prep["token_stats"],
                  "ingest_seconds": prep["ingest_seconds"], "tokenize_seconds": prep["tokenize_seconds"]},
-        "pipeline_defaults_used": {k: d[k] for k in ("batch_size", "learning_rate", "warmup_ratio", "weight_decay",
-                                                     "precision", "seed", "lora")}
-                                  | {"max_length": prep["max_length"], "epochs": 1.0},
+        "pipeline_defaults_used": {k: {**d, "max_length": prep["max_length"]}[k]
+                                   for k in ("batch_size", "learning_rate", "warmup_ratio", "weight_decay",
+                                             "precision", "max_length", "seed", "lora")} | {"epochs": 1.0},
         "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
     }
     C.write_json(args.json, result)

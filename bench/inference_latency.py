@@ -17,11 +17,12 @@ import os
 import sys
 import tempfile
 
-from domaintune.components.export import stage as E
-from domaintune.components.io import storage
 from domaintune.components.core.errors import DomaintuneError
-from domaintune.components.inference.onnx_backend import FP32_FILE, INT8_FILE, OnnxClassifier, open_session
 from domaintune.components.core.runtime import set_offline_defaults
+from domaintune.components.export import stage as E
+from domaintune.components.inference.onnx_backend import FP32_FILE, INT8_FILE, OnnxClassifier, open_session
+from domaintune.components.io import storage
+from domaintune.components.tasks import task_of
 
 
 def build(model_dir: str, out: str, model, tokenizer, ablation: bool) -> dict[str, str]:
@@ -30,8 +31,10 @@ def build(model_dir: str, out: str, model, tokenizer, ablation: bool) -> dict[st
     tokenizer.save_pretrained(out)
     model.config.save_pretrained(out)
     paths = {"onnx_fp32": os.path.join(out, FP32_FILE), "onnx_int8": os.path.join(out, INT8_FILE)}
-    E.export_onnx(model_dir, paths["onnx_fp32"])
-    E.quantize_onnx(paths["onnx_fp32"], paths["onnx_int8"], per_channel=True, reduce_range=False)
+    E.export_onnx(model_dir, paths["onnx_fp32"], task_of(model_dir).onnx_outputs())
+    defaults = E.ExportParams()
+    E.quantize_onnx(paths["onnx_fp32"], paths["onnx_int8"], per_channel=defaults.int8_per_channel,
+                    reduce_range=defaults.int8_reduce_range)
     if ablation:
         fused = os.path.join(out, "fused.onnx")
         E.optimize_onnx(paths["onnx_fp32"], fused, model.config)

@@ -48,8 +48,9 @@ def run(work: str, name: str, train: pd.DataFrame, dev: pd.DataFrame, extra: lis
         raise SystemExit(f"{name}: run failed ({proc.returncode}): {proc.stderr[-2000:]}")
     s = json.load(open(path))
     probe = s["bias"]["counterfactual"]
-    return {"exit_code": proc.returncode, "status": s["status"], "macro_f1": s["metrics"]["test"]["macro_f1"],
-            "accuracy": s["metrics"]["test"]["accuracy"], "gate_reasons": s["gate"]["reasons"],
+    test = s["metrics"]["test_pytorch"]  # the PyTorch model's (metrics.test: the deployable ONNX export's)
+    return {"exit_code": proc.returncode, "status": s["status"], "macro_f1": test["macro_f1"],
+            "accuracy": test["accuracy"], "gate_reasons": s["gate"]["reasons"],
             "gender_flip_rate": probe["axes"]["gender"]["flip_rate"],
             "gender_raw_flip_rate": probe["axes"]["gender"].get("raw_flip_rate"),
             "gender_pairs": probe["axes"]["gender"]["n_pairs"], "gender_source": probe["axes"]["gender"]["source"],

@@ -50,11 +50,14 @@ def main() -> int:
     history = json.load(open(history_path)) if os.path.isfile(history_path) else {}
     result = {
         "rows": args.rows, "epochs": args.epochs, "exit_code": proc.returncode,
-        "dev_accuracy": s["metrics"]["test"]["accuracy"], "dev_macro_f1": s["metrics"]["test"]["macro_f1"],
+        # the PyTorch model's dev metrics (metrics.test is the deployable ONNX export's, in `export` below)
+        "dev_accuracy": s["metrics"]["test_pytorch"]["accuracy"],
+        "dev_macro_f1": s["metrics"]["test_pytorch"]["macro_f1"],
         "train_examples_per_second": s["training"]["examples_per_second"],
         "train_examples_per_second_steps": history.get("examples_per_second_steps"),
         "finetune_timing": history.get("timing"), "train_tokens": history.get("train_tokens"),
-        "export": {k: (s.get("export") or {}).get(k) for k in ("deployable", "reason", "metrics", "int8_accuracy_drop", "sizes", "latency")},
+        "export": {k: (s.get("export") or {}).get(k) for k in ("deployable", "reason", "metrics", "quality_metric",
+                                                               "int8_quality_drop", "sizes", "latency")},
         "run_dir": os.path.join(work, "run"),
         "train_seconds": s["training"]["train_seconds"], "precision": s["training"]["precision"],
         "pipeline_wall_seconds": round(wall, 1), "stages": s["stages"], "gate": s["gate"]["reasons"],
