@@ -563,3 +563,119 @@ def test_checkov(built, k8s_copy, tmp_path):
     assert not failed, "checkov failed checks:\n" + "\n".join(failed)
     assert not unexplained, "checkov skips need a real reason:\n" + "\n".join(unexplained)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------- serving
+
+SERVING = "serving"
+SERVING_PORT = 8080
+KSERVE_ISVC = K8S / "serving" / "kserve" / "inferenceservice.yaml"
+KSERVE_ONLY = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "containerConcurrency", "timeout",
+               "canaryTrafficPercent", "logger", "batcher", "labels", "annotations", "deploymentStrategy"}
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
+
+
+def _serving_container_checks(where: str, c: dict, port_ref) -> None:
+    """What `domaintune serve` needs in any pod: the command, a loopback-free listen address, the port the
+    probes and Service use, readiness on the model (V2 ready), liveness on the process (V2 live), a drain."""
+    assert c["command"] == ["domaintune", "serve"], f"{where}: command {c['command']}"
+    args = c["args"]
+    assert _flag(args, "host") == "0.0.0.0", f"{where}: must listen on 0.0.0.0 in a pod"
+    assert _flag(args, "port") == str(SERVING_PORT) and _flag(args, "model"), where
+    assert [p["containerPort"] for p in c["ports"]] == [SERVING_PORT], where
+    assert c["image"] == DEFAULT_IMAGES["cpu"], f"{where}: serving runs in the CPU image"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready", where
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live", where
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["port"] == port_ref, f"{where}: {probe} port"
+    assert c["lifecycle"]["preStop"], f"{where}: no preStop pause before SIGTERM"
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/tmp"}, f"{where}: downloads need a writable /tmp"
+
+
+def test_serving_deployment_service_hpa(built):
+    docs = built[SERVING]
+    deploy = _find(docs, "Deployment", "domaintune-serving", MLFLOW_NAMESPACE)
+    pod = _pod_spec(deploy)
+    (c,) = pod["containers"]
+    _serving_container_checks(f"k8s/{SERVING}", c, "http")
+    drain = float(_flag(c["args"], "drain-seconds") or 30)
+    assert pod["terminationGracePeriodSeconds"] > drain + 5, "grace period shorter than drain + preStop"
+    config = _find_prefix(docs, "ConfigMap", "domaintune-serving", MLFLOW_NAMESPACE)["data"]
+    assert c["envFrom"][0]["configMapRef"]["name"].startswith("domaintune-serving")
+    assert config["DOMAINTUNE_MODEL"].startswith("models:/") and "@" in config["DOMAINTUNE_MODEL"]
+    host = re.match(r"https?://([^/]+)", config["MLFLOW_TRACKING_URI"]).group(1)
+    allowed = _find_prefix(built["base"], "ConfigMap", "mlflow-config", MLFLOW_NAMESPACE)["data"]
+    assert host in allowed["MLFLOW_SERVER_ALLOWED_HOSTS"].split(","), f"MLflow would reject Host {host!r}"
+    service = _find(docs, "Service", "domaintune-serving", MLFLOW_NAMESPACE)["spec"]
+    assert service["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    assert service["ports"] == [{"name": "http", "port": SERVING_PORT, "targetPort": "http", "protocol": "TCP"}]
+    hpa = _find(docs, "HorizontalPodAutoscaler", "domaintune-serving", MLFLOW_NAMESPACE)["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "domaintune-serving"}
+    assert 2 <= hpa["minReplicas"] < hpa["maxReplicas"]
+    assert "cpu" in c["resources"]["requests"], "the HPA's CPU utilisation needs a CPU request"
+    pdb = _find(docs, "PodDisruptionBudget", "domaintune-serving", MLFLOW_NAMESPACE)["spec"]
+    assert pdb["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in docs if p["kind"] == "NetworkPolicy"}
+    ingress = policies["domaintune-serving-ingress"]
+    assert ingress["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "domaintune-serving"}
+    assert ingress["ingress"][0]["ports"] == [{"protocol": "TCP", "port": SERVING_PORT}]
+    to_mlflow = policies["mlflow-ingress-from-serving"]
+    assert to_mlflow["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
+    assert to_mlflow["ingress"][0]["from"] == [{"podSelector": {"matchLabels": ingress["podSelector"]["matchLabels"]}}]
+
+
+def _kserve_docs() -> list[dict]:
+    return [d for d in yaml.safe_load_all(KSERVE_ISVC.read_text()) if d]
+
+
+def test_kserve_inferenceservice_structure():
+    """KServe's InferenceService is a CRD (no schema in kubernetes-validate): its structure is checked here,
+    and its predictor (an inlined PodSpec plus KServe's scaling fields) against the Pod schema."""
+    docs = _kserve_docs()
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    name, namespace = isvc["metadata"]["name"], isvc["metadata"].get("namespace")
+    assert namespace == MLFLOW_NAMESPACE and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name)
+    assert set(isvc["spec"]) == {"predictor"}, "a custom predictor only (no transformer/explainer)"
+    predictor = isvc["spec"]["predictor"]
+    assert "model" not in predictor, "custom predictor: containers, not a model runtime"
+    unknown = set(predictor) - KSERVE_ONLY - set(_POD_SPEC_FIELDS)
+    assert not unknown, f"predictor fields that are neither KServe's nor a PodSpec's: {unknown}"
+    (c,) = predictor["containers"]
+    assert c["name"] == "kserve-container", "KServe expects its custom container to be named kserve-container"
+    _serving_container_checks(str(KSERVE_ISVC.relative_to(ROOT)), c, SERVING_PORT)
+    assert _flag(c["args"], "model-name") == name, "the V2 model name must be the InferenceService's"
+    assert predictor["minReplicas"] >= 1 and predictor["maxReplicas"] >= predictor["minReplicas"]
+    pod = {k: v for k, v in predictor.items() if k not in KSERVE_ONLY}
+    as_deployment = {"kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
+                     "spec": {"template": {"spec": pod}}}
+    problems = _security_problems("serving/kserve", as_deployment, pod)
+    assert not problems, "\n".join(problems)
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert config["metadata"]["name"] == c["envFrom"][0]["configMapRef"]["name"]
+    assert config["data"]["DOMAINTUNE_MODEL"].startswith("models:/")
+    ann = isvc["metadata"].get("annotations") or {}
+    assert ann.get("serving.kserve.io/deploymentMode") in ("RawDeployment", "Serverless", None)
+
+
+_POD_SPEC_FIELDS = ("activeDeadlineSeconds", "affinity", "automountServiceAccountToken", "containers", "dnsConfig",
+                    "dnsPolicy", "enableServiceLinks", "hostAliases", "imagePullSecrets", "initContainers",
+                    "nodeName", "nodeSelector", "priorityClassName", "runtimeClassName", "schedulerName",
+                    "securityContext", "serviceAccountName", "terminationGracePeriodSeconds", "tolerations",
+                    "topologySpreadConstraints", "volumes")
+
+
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_kserve_predictor_pod_validates(version):
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate==1.37.0")
+    version = kv.latest_version() if version == "latest" else version
+    for doc in _kserve_docs():
+        if doc["kind"] == "InferenceService":
+            predictor = doc["spec"]["predictor"]
+            doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": doc["metadata"]["name"],
+                                                                   "namespace": doc["metadata"]["namespace"]},
+                   "spec": {k: v for k, v in predictor.items() if k not in KSERVE_ONLY}}
+        kv.validate(doc, version, strict=True)
