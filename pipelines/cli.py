@@ -18,6 +18,7 @@ COMMANDS = {
     "schedule": "create a recurring retraining run on a KFP cluster (max one at a time, no catch-up)",
     "models": "list registered models and versions with aliases, metrics and gate status",
     "promote": "move an alias (default: champion) to a model version",
+    "serve": "serve a model over HTTP (KServe V2, MLflow /invocations, /predict), batched, hot-swapping on promotion",
 }
 PIPELINE_COMMANDS = ("run", "submit", "schedule")  # commands whose flags are the pipeline's parameters
 
@@ -68,6 +69,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     src.add_argument("--data", help="a CSV/TSV/JSONL/Parquet file with a text column")
     pr.add_argument("--text-column", default="text")
     pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--aggregation", choices=("first", "average", "max"), default="first",
+                    help="taggers: how a word's sub-tokens decide its entity tag (as transformers' pipeline)")
     pr.add_argument("--json", help="write predictions as JSON here")
     pr.add_argument("--tracking-uri", default="", help="MLflow tracking URI for models:/ references "
                     "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")
@@ -86,6 +89,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     pm.add_argument("--force", action="store_true", help="promote even a version whose gate failed")
     pm.add_argument("--reason", default="", help="why (recorded as a tag)")
     pm.add_argument("--tracking-uri", default="")
+    if argv[:1] == ["serve"]:
+        from domaintune.components.serving.params import add_serve_flags
+
+        add_serve_flags(parsers["serve"])
     return parser
 
 
@@ -133,16 +140,21 @@ def cmd_schedule(args) -> int:
 
 
 def print_summary(s: dict) -> None:
-    test = s["metrics"]["test"]
-    reg = s["registry"]
-    rows = [
-        ("status", s["status"]),
-        ("test accuracy", f"{test['accuracy']:.4f}  (n={test['n']})"),
-        ("test macro-F1", f"{test['macro_f1']:.4f}"),
-        ("validation macro-F1", f"{s['metrics']['validation']['macro_f1']:.4f}"),
+    from domaintune.components.tasks import get_task
+
+    task = get_task(s.get("task") or "classification")
+    test, pytorch, reg = s["metrics"]["test"], s["metrics"].get("test_pytorch") or {}, s["registry"]
+    shown = list(dict.fromkeys((task.quality_metric, task.primary_metric)))
+    rows = [("status", s["status"])]
+    for k, metric in enumerate(shown):
+        beside = f"  (PyTorch {pytorch[metric]:.4f})" if metric in pytorch else ""
+        rows.append((f"test {metric.replace('_', ' ')}", f"{test[metric]:.4f}{beside}" + (f"  n={test['n']}" if k == 0 else "")))
+    rows += [
+        ("validation " + task.primary_metric.replace("_", " "), f"{s['metrics']['validation'][task.primary_metric]:.4f}"),
         ("training", f"{s['training']['examples_per_second']} examples/s, {s['training']['train_seconds']} s, "
                      f"{s['training']['precision']}"),
         ("gate", "passed" if s["gate"]["passed"] else "rejected: " + "; ".join(s["gate"]["reasons"])),
+        ("deployable", s.get("deployable_path") or "PyTorch model (not exported)"),
         ("registered", f"{reg['model_name']} v{reg['version']} {reg['aliases']}" if reg["version"] else "no version"),
         ("mlflow run", f"{reg['run_id']}  ({reg['tracking_uri']})"),
         ("outputs", s["output_dir"]),
@@ -175,7 +187,7 @@ def cmd_evaluate(args) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         task, model = _load_model(args.model, scratch, args.tracking_uri)
         frame = task.read_labeled(args.data, args.text_column, args.label_column, list(model.labels))
-        outputs = model.predict(frame["text"].tolist())
+        outputs = task.predict_frame(model, frame)
     metrics = task.score(outputs, frame, list(model.labels))
     print(format_table(metrics))
     if args.json:
@@ -191,6 +203,8 @@ def cmd_predict(args) -> int:
         raise BadInput(f"--batch-size must be a positive integer (got {args.batch_size})")
     with tempfile.TemporaryDirectory() as scratch:
         task, model = _load_model(args.model, scratch, args.tracking_uri)
+        if hasattr(model, "aggregation"):
+            model.aggregation = args.aggregation
         texts = args.text if args.text else _read_texts(args)
         outputs = _predict_in_chunks(model, texts, args.batch_size, show=not args.text)
     results = task.format_predictions(model, outputs, texts)
@@ -198,8 +212,8 @@ def cmd_predict(args) -> int:
         _write_json(args.json, [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in results])
     if args.text or not args.json:
         for r in results:
-            print("\t".join(f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in r.items() if k != "text")
-                  + f"\t{r['text']}")
+            print("\t".join(f"{v:.4f}" if isinstance(v, float) else (json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                            for k, v in r.items() if k != "text") + f"\t{r['text']}")
     return 0
 
 
@@ -223,7 +237,9 @@ def _predict_in_chunks(model, texts: list[str], batch_size: int, show: bool):
         for start in range(0, len(texts), chunk):
             parts.append(model.predict(texts[start:start + chunk], batch_size=batch_size))
             bar.update(len(texts[start:start + chunk]))
-    return np.concatenate(parts) if parts else np.zeros((0, len(model.labels)))
+    if parts and all(isinstance(part, np.ndarray) for part in parts):
+        return np.concatenate(parts)
+    return [answer for part in parts for answer in part]  # per-text answers of other shapes (entities)
 
 
 def cmd_compile(args) -> int:
@@ -239,6 +255,13 @@ def cmd_models(args) -> int:
 
     print(list_models(args.name, args.tracking_uri))
     return 0
+
+
+def cmd_serve(args) -> int:
+    from domaintune.components.serving.params import params_from_args
+    from domaintune.components.serving.server import serve
+
+    return serve(params_from_args(args))
 
 
 def cmd_promote(args) -> int:

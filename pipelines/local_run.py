@@ -8,25 +8,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import logging
 import os
-import re
 import shutil
-import sys
-import threading
+import tempfile
 import time
 import uuid
 import warnings
 
 from domaintune.components.io import storage
-from domaintune.components.core.errors import BadInput
-from domaintune.components.core.runtime import ERROR_PREFIX, set_offline_defaults
+from domaintune.components.core.runtime import set_offline_defaults
+from domaintune.pipelines.preflight import RUN_DIR_ENTRIES, param_errors, preflight  # noqa: F401 (re-exported)
+from domaintune.pipelines.progress_view import ANSI, Monitor
 
-PROGRESS_PREFIX = "domaintune:progress "
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-TASK_EVENT = re.compile(r"(?:Executing task '(?P<start>[\w-]+)')|(?:Task '(?P<end>[\w-]+)' finished with status (?P<status>\w+))"
-                        r"|(?:Task (?P<cached>[\w-]+) cache hit)")
 
 
 def runs_root() -> str:
@@ -56,163 +50,54 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def stage_params_classes() -> list:
-    """Every stage's Params: all of them are validated before the pipeline starts."""
-    from domaintune.components.evaluate.stage import EvaluateParams
-    from domaintune.components.export.stage import ExportParams
-    from domaintune.components.finetune.stage import FinetuneParams
-    from domaintune.components.ingest.stage import IngestParams
-    from domaintune.components.pretrain.stage import PretrainParams
-    from domaintune.components.register.stage import RegisterParams
-    from domaintune.components.tokenize.stage import TokenizeParams
+@contextlib.contextmanager
+def local_retries(pipeline):
+    """kfp.local honours the compiled retry policy (30 s backoff, doubling); on one machine use the local
+    one (pipelines/platform.py LOCAL_RETRIES) for the duration of the run, then restore the spec."""
+    from domaintune.pipelines.platform import LOCAL_BACKOFF_SECONDS, LOCAL_RETRIES
 
-    return [IngestParams, TokenizeParams, PretrainParams, FinetuneParams, ExportParams, EvaluateParams, RegisterParams]
-
-
-def preflight(values: dict) -> dict:
-    """Cheap checks before any task starts, with the stages' own validators: bad parameters and
-    missing local files fail in a second, not after ingest and tokenize have run."""
-    from domaintune.components.core.params import from_values
-    from domaintune.components.io.base_models import check_max_length, resolve_model
-
-    built = {cls.__name__: from_values(cls, values) for cls in stage_params_classes()}
-    ingest = built["IngestParams"]
-    local_files = []
-    for key in ("train_data", "validation_data", "test_data", "identity_terms", "domain_corpus"):
-        uri = values[key] or (ingest.train_data if key == "train_data" else "")
-        if uri and not uri.startswith("s3://"):
-            if not os.path.isfile(uri):
-                raise BadInput(f"--{key.replace('_', '-')} {uri}: no such file")
-            local_files.append(uri)
-    model_dir = resolve_model(values["base_model"], values["s3_endpoint_url"])
-    if os.path.isdir(model_dir):
-        check_max_length(values["max_length"], model_dir)
-    resolved = dict(values)
-    if not resolved["data_version"] and local_files:
-        # kfp caches on arguments, not on the bytes behind a path: hash local inputs so edited data re-runs.
-        resolved["data_version"] = "sha256:" + hashlib.sha256(
-            "".join(storage.content_hash(f) for f in local_files).encode()).hexdigest()[:16]
-    return resolved
-
-
-class Monitor:
-    """A stdout stand-in for kfp.local's output: everything goes to the log; task events, progress and
-    error lines drive a compact display on stderr."""
-
-    def __init__(self, log_path: str, verbose: bool):
-        self.log = open(log_path, "a", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
-        self.verbose = verbose
-        self.tty = sys.stderr.isatty() and not verbose
-        self.buffer = ""
-        self.stages: list[dict] = []
-        self.error: dict | None = None
-        self.current: dict | None = None
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.ticker = threading.Thread(target=self._tick, daemon=True)
-        if self.tty:
-            self.ticker.start()
-
-    # file-like API used by print() and logging
-    def write(self, text: str) -> int:
-        self.log.write(text)
-        if self.verbose:
-            sys.__stdout__.write(text)
-        self.buffer += text
-        while "\n" in self.buffer:
-            line, self.buffer = self.buffer.split("\n", 1)
-            self._line(ANSI.sub("", line).strip())
-        return len(text)
-
-    def flush(self) -> None:
-        self.log.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def _line(self, line: str) -> None:
-        if line.startswith(PROGRESS_PREFIX) and self.current is not None:
-            with contextlib.suppress(ValueError):
-                self.current["progress"] = json.loads(line[len(PROGRESS_PREFIX):])
-            return
-        if line.startswith(ERROR_PREFIX):
-            with contextlib.suppress(ValueError):
-                self.error = json.loads(line[len(ERROR_PREFIX):])
-            return
-        match = TASK_EVENT.search(line)
-        if not match:
-            return
-        with self.lock:
-            if match["start"]:
-                self.current = {"name": stage_name(match["start"]), "started": time.monotonic(), "status": "running"}
-                self.stages.append(self.current)
-                self._show()
-            elif match["cached"]:
-                self.stages.append({"name": stage_name(match["cached"]), "seconds": 0.0, "status": "cached"})
-                self._print_done(self.stages[-1])
-            elif match["end"] and self.current is not None:
-                self.current["seconds"] = time.monotonic() - self.current["started"]
-                self.current["status"] = "done" if match["status"] == "SUCCESS" else "failed"
-                self._print_done(self.current)
-                self.current = None
-
-    def _tick(self) -> None:
-        while not self.stop.wait(0.5):
-            with self.lock:
-                self._show()
-
-    def _show(self) -> None:
-        stage = self.current
-        if stage is None:
-            return
-        elapsed = time.monotonic() - stage["started"]
-        text = f"  ▸ {stage['name']:<9} {fmt_seconds(elapsed)}"
-        prog = stage.get("progress") or {}
-        if prog.get("total"):
-            done = prog.get("step", 0) / prog["total"]
-            bar = "█" * int(24 * done) + "·" * (24 - int(24 * done))
-            text += f"  {bar} {prog.get('step', 0)}/{prog['total']} steps"
-            if prog.get("loss") is not None:
-                text += f"  loss {prog['loss']:.3f}"
-        if self.tty:
-            sys.__stderr__.write("\r\033[K" + text)
-            sys.__stderr__.flush()
-        elif prog == {}:
-            sys.__stderr__.write(text.rstrip() + "\n")
-
-    def _print_done(self, stage: dict) -> None:
-        mark = {"done": "✓", "cached": "✓", "failed": "✗"}[stage["status"]]
-        note = " (cached)" if stage["status"] == "cached" else ""
-        prefix = "\r\033[K" if self.tty else ""
-        sys.__stderr__.write(f"{prefix}  {mark} {stage['name']:<9} {fmt_seconds(stage['seconds'])}{note}\n")
-        sys.__stderr__.flush()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.log.close()
-
-
-def stage_name(task: str) -> str:
-    """evaluate-op-2 -> evaluate: the tail after fine-tuning is wired once per pipeline branch."""
-    return re.sub(r"-op(-\d+)?$", "", task)
-
-
-def fmt_seconds(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+    spec = pipeline.pipeline_spec
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    saved = []
+    for dag in dags:
+        for task in dag.tasks.values():
+            if task.HasField("retry_policy"):
+                saved.append((task, task.retry_policy.max_retry_count, task.retry_policy.backoff_duration.seconds))
+                task.retry_policy.max_retry_count = LOCAL_RETRIES.get(task.task_info.name, 0)
+                task.retry_policy.backoff_duration.seconds = LOCAL_BACKOFF_SECONDS
+    try:
+        yield
+    finally:
+        for task, count, backoff in saved:
+            task.retry_policy.max_retry_count = count
+            task.retry_policy.backoff_duration.seconds = backoff
 
 
 def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tuple[dict | None, int, str]:
-    """Run the pipeline; returns (summary or None, exit code, message)."""
+    """Run the pipeline; returns (summary or None, exit code, message).
+
+    `--output DIR` may exist or not (refused when it already holds a run's results); it is claimed at the start
+    (a lock file inside: a second run given the same DIR is refused, a killed run's stale lock is taken over) and
+    the results are built beside it and moved in at the end, so nothing a user puts there is replaced or deleted.
+    On failure nothing of this run is left in it."""
     from kfp import local
 
     from domaintune.pipelines.training_pipeline import training_pipeline
 
     set_offline_defaults()
-    values = preflight(values)
+    values = preflight(values, output_dir)
     run_id = new_run_id()
     out = os.path.abspath(output_dir or os.path.join(runs_root(), run_id))
-    if os.path.exists(out) and os.listdir(out):
-        raise BadInput(f"--output {out}: exists and is not empty (earlier results are never overwritten)")
+    claim = storage.claim_dir(out, {"run_id": run_id, "started": dt.datetime.now().isoformat(timespec="seconds")},
+                              reserved=RUN_DIR_ENTRIES) if output_dir else None
+    try:
+        return _run(training_pipeline, local, values, out, run_id, verbose)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run(training_pipeline, local, values: dict, out: str, run_id: str, verbose: bool):
     kfp_root = os.path.join(runs_root(), ".kfp")
     os.makedirs(kfp_root, exist_ok=True)
     log_path = os.path.join(kfp_root, f"{run_id}.log")
@@ -228,7 +113,7 @@ def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tu
     started = time.monotonic()
     failure = None
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(monitor):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(monitor), local_retries(training_pipeline):
             warnings.simplefilter("ignore")  # kfp warns per task about our (non-"python") image name
             task = training_pipeline(**values)
     except RuntimeError as exc:
@@ -254,25 +139,40 @@ def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tu
 def write_run_dir(out: str, summary: dict, log_path: str, run_id: str, seconds: float, stages: list[dict],
                   values: dict) -> None:
     """The run directory: copies (never links into the kfp.local cache, which later runs reuse) of the model,
-    the deployable the gate judged, the evaluation, the reports, the card and the log; then summary.json."""
-    with storage.atomic_dir(out) as tmp:
-        artifacts = summary.pop("artifacts", {})
-        shutil.copytree(artifacts["model"], os.path.join(tmp, "model"))
-        if artifacts.get("export"):
-            shutil.copytree(artifacts["export"], os.path.join(tmp, "deployable"))
-        shutil.copytree(artifacts["evaluation"], os.path.join(tmp, "evaluation"))
-        os.makedirs(os.path.join(tmp, "reports"))
-        for name in ("data_report", "history"):
-            shutil.copy(artifacts[name], os.path.join(tmp, "reports", f"{name}.json"))
-        shutil.copy(log_path, os.path.join(tmp, "pipeline.log"))
-        card = summary.pop("model_card", None)
-        if card:
-            with open(os.path.join(tmp, "model_card.md"), "w") as f:
-                f.write(card)
-        export = summary.get("export") or {}
-        deployable = os.path.join(out, "deployable", export["deployable_file"]) if export.get("deployable_file") else None
-        summary.update({"model_dir": os.path.join(out, "model"), "deployable_path": deployable,
-                        "output_dir": out, "run_id": run_id, "wall_seconds": round(seconds, 1), "stages": [
-                            {k: (round(v, 2) if k == "seconds" else v) for k, v in s.items() if k in ("name", "status", "seconds")}
-                            for s in stages], "parameters": values})
-        storage.write_json(os.path.join(tmp, "summary.json"), summary)
+    the deployable the gate judged, the evaluation, the reports, the card and the log; then summary.json.
+    Built in a directory beside OUT and moved into it entry by entry: OUT may already exist (an --output this
+    run claimed) and whatever else is in it stays untouched."""
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.{run_id}-", dir=parent)
+    try:
+        _fill_run_dir(tmp, out, summary, log_path, run_id, seconds, stages, values)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.makedirs(out, exist_ok=True)
+    storage.move_into(tmp, out)  # a name taken there meanwhile: nothing moved, the error says where the results are
+
+
+def _fill_run_dir(tmp: str, out: str, summary: dict, log_path: str, run_id: str, seconds: float,
+                  stages: list[dict], values: dict) -> None:
+    artifacts = summary.pop("artifacts", {})
+    shutil.copytree(artifacts["model"], os.path.join(tmp, "model"))
+    if artifacts.get("export"):
+        shutil.copytree(artifacts["export"], os.path.join(tmp, "deployable"))
+    shutil.copytree(artifacts["evaluation"], os.path.join(tmp, "evaluation"))
+    os.makedirs(os.path.join(tmp, "reports"))
+    for name in ("data_report", "history"):
+        shutil.copy(artifacts[name], os.path.join(tmp, "reports", f"{name}.json"))
+    shutil.copy(log_path, os.path.join(tmp, "pipeline.log"))
+    card = summary.pop("model_card", None)
+    if card:
+        with open(os.path.join(tmp, "model_card.md"), "w") as f:
+            f.write(card)
+    export = summary.get("export") or {}
+    deployable = os.path.join(out, "deployable", export["deployable_file"]) if export.get("deployable_file") else None
+    summary.update({"model_dir": os.path.join(out, "model"), "deployable_path": deployable,
+                    "output_dir": out, "run_id": run_id, "wall_seconds": round(seconds, 1), "stages": [
+                        {k: (round(v, 2) if k == "seconds" else v) for k, v in s.items() if k in ("name", "status", "seconds")}
+                        for s in stages], "parameters": values})
+    storage.write_json(os.path.join(tmp, "summary.json"), summary)

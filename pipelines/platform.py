@@ -30,8 +30,17 @@ RESOURCES = {
 GPU_STAGES = ("pretrain", "finetune")
 # Retried where a retry is safe and can help: GPU pods get preempted (training resumes from its
 # checkpoint dir), and the registry is a network service (register is idempotent per pipeline run).
-# Data stages fail on bad input, which a retry cannot fix.
-RETRIES = {"pretrain": 2, "finetune": 2, "champion": 3, "evaluate": 1, "register": 3}
+# Data stages fail on bad input, which a retry cannot fix. Backoff 30 s, doubling (configure below).
+# Bounded for a registry that is down: each attempt of champion/evaluate/register gives up on it within
+# ~2 s (refused) to ~16 s (silent) in its health check, or ~7 s per request after that (registry/client.py),
+# so register fails after at most 3 attempts + 30 s + 60 s of backoff: under 3 minutes, not 20.
+RETRIES = {"pretrain": 2, "finetune": 2, "champion": 2, "evaluate": 1, "register": 2}
+# kfp.local (`domaintune run`) runs the same spec on one machine, where nothing gets preempted and a registry
+# that is down is not back in a minute: a training task is retried once after a short wait (a killed process
+# resumes from its checkpoints), every other task fails at once, so a run with MLflow down at register fails
+# in well under a minute; rerunning reuses the cached stages.
+LOCAL_RETRIES = {"pretrain": 1, "finetune": 1}
+LOCAL_BACKOFF_SECONDS = 2
 MLFLOW_ENV = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
               "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
 S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",

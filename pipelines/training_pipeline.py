@@ -12,7 +12,7 @@ from domaintune.components.finetune.op import finetune_adapted_op, finetune_op
 from domaintune.components.finetune.stage import FinetuneParams as F
 from domaintune.components.ingest.op import ingest_op
 from domaintune.components.ingest.stage import IngestParams as I
-from domaintune.components.pretrain.op import pretrain_op, pretrain_plan_op
+from domaintune.components.pretrain.op import pretrain_op, plan_op
 from domaintune.components.pretrain.stage import PretrainParams as P
 from domaintune.components.register.op import register_op
 from domaintune.components.register.stage import RegisterParams as R
@@ -64,6 +64,7 @@ def training_pipeline(
     validation_fraction: float = I.validation_fraction,
     test_fraction: float = I.test_fraction,
     data_version: str = I.data_version,
+    strict_iob2: bool = I.strict_iob2,
     s3_endpoint_url: str = I.s3_endpoint_url,
     base_model: str = T.base_model,
     max_length: int = T.max_length,
@@ -114,13 +115,14 @@ def training_pipeline(
         train_data: Labeled training data: CSV, TSV, JSONL or Parquet; a local path or s3:// URI. Empty: the bundled sample (support tickets).
         validation_data: Optional validation file; when empty, a stratified share of train_data.
         test_data: Optional test file; when empty, a stratified share of train_data.
-        task: What the model learns: classification (one label per text).
+        task: What the model learns: classification (one label per text) or token-classification (a tag per word: named entities; CoNLL, tokens+tags or text+spans data).
         text_column: Name of the text column.
         label_column: Name of the label column (strings or integers).
         slice_columns: Comma-separated data columns to compute per-slice metrics on (e.g. region,channel).
         validation_fraction: Share of train_data held out for validation when no validation file is given.
         test_fraction: Share of train_data held out for test when no test file is given.
         data_version: Snapshot/version of the data. Part of the cache key: change it when the data behind a URI changes (the CLI uses a content hash for local files).
+        strict_iob2: Token classification: refuse an I-X tag that does not continue an X entity (IOB1, or an annotation slip) instead of repairing it to B-X.
         s3_endpoint_url: S3 endpoint for s3:// inputs (e.g. MinIO); empty uses AWS_ENDPOINT_URL or AWS.
         base_model: Base model: a local Hugging Face directory, s3:// prefix, the packaged all-MiniLM-L6-v2, or a hub id where a network exists.
         max_length: Maximum tokens per text; longer texts are truncated (and counted in the token stats).
@@ -171,7 +173,7 @@ def training_pipeline(
     # Masked-LM pretraining (on the domain corpus, or the training texts) before fine-tuning, or not.
     # kfp.local resolves dsl.OneOf for parameters only, so each branch carries the whole tail and the
     # pipeline returns the summary's path (a parameter) from whichever branch ran.
-    plan = configure(pretrain_plan_op(**stage_args(pretrain_plan_op, values)), "plan")
+    plan = configure(plan_op(**stage_args(plan_op, values)), "plan")
     with dsl.If(plan.outputs["Output"] == True, name="pretrain-first"):  # noqa: E712 (a pipeline condition)
         pretrain = configure(pretrain_op(splits=ingest.outputs["splits"], **stage_args(pretrain_op, values)),
                              "pretrain")

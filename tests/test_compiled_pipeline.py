@@ -10,7 +10,7 @@ from domaintune.pipelines.platform import RESOURCES, RETRIES
 TASKS = {"ingest-op": "ingest", "tokenize-op": "tokenize", "pretrain-op": "pretrain", "finetune-op": "finetune",
          "finetune-adapted-op": "finetune", "evaluate-op": "evaluate", "evaluate-op-2": "evaluate",
          "export-op": "export", "export-op-2": "export", "register-op": "register", "register-op-2": "register",
-         "pretrain-plan-op": "plan", "champion-op": "champion", "champion-op-2": "champion"}
+         "plan-op": "plan", "champion-op": "champion", "champion-op-2": "champion"}
 GPU = ("pretrain-op", "finetune-op", "finetune-adapted-op")
 
 
@@ -103,7 +103,7 @@ def test_pretraining_is_a_condition_and_the_summary_comes_from_either_branch(spe
     pipeline, _ = spec
     branches = pipeline["components"]["comp-condition-branches-1"]["dag"]["tasks"]
     conditions = sorted(t["triggerPolicy"]["condition"] for t in branches.values())
-    assert len(conditions) == 2 and all("pretrain-plan-op" in c for c in conditions)
+    assert len(conditions) == 2 and all("plan-op" in c for c in conditions)
     assert pipeline["root"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRING"
 
 

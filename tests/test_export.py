@@ -204,8 +204,11 @@ def test_bad_paths_are_bad_input(tiny_model, test_data, tmp_path):
 
 
 def test_failed_export_leaves_nothing(tiny_model, test_data, tmp_path, monkeypatch):
-    reference = E.torch_logits
-    monkeypatch.setattr(E, "torch_logits", lambda *a, **k: reference(*a, **k) + 1.0)  # a broken export, simulated
+    from domaintune.components.tasks.classification import Classification
+
+    reference = Classification.reference_outputs
+    monkeypatch.setattr(Classification, "reference_outputs",  # a broken export, simulated
+                        lambda *a, **k: reference(*a, **k) + 1.0)
     parent = tmp_path / "runs"
     parent.mkdir()
     with pytest.raises(E.ExportParityError, match="differ from PyTorch by up to 1") as info:

@@ -14,7 +14,7 @@ from domaintune.components.finetune.op import finetune_adapted_op, finetune_op
 from domaintune.components.finetune.stage import FinetuneParams
 from domaintune.components.ingest.op import ingest_op
 from domaintune.components.ingest.stage import IngestParams
-from domaintune.components.pretrain.op import pretrain_op, pretrain_plan_op
+from domaintune.components.pretrain.op import pretrain_op, plan_op
 from domaintune.components.pretrain.stage import PretrainParams
 from domaintune.components.register.op import register_op
 from domaintune.components.register.stage import RegisterParams
@@ -27,7 +27,7 @@ from domaintune.pipelines.training_pipeline import training_pipeline
 SHELLS = {
     ingest_op: (IngestParams, set()),
     tokenize_op: (TokenizeParams, set()),
-    pretrain_plan_op: (PretrainParams, set()),
+    plan_op: (PretrainParams, set()),
     pretrain_op: (PretrainParams, set()),
     finetune_op: (FinetuneParams, set()),
     finetune_adapted_op: (FinetuneParams, set()),

@@ -81,7 +81,9 @@ def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(trained, tmp_
 
 
 @pytest.mark.parametrize("name,value", [("epochs", 0), ("epochs", -1), ("batch_size", 0), ("learning_rate", 0),
-                                        ("precision", "fp8"), ("warmup_ratio", 1.5)])
+                                        ("precision", "fp8"), ("warmup_ratio", 1.5), ("epochs", float("nan")),
+                                        ("learning_rate", float("inf")), ("batch_size", True),
+                                        ("lora_r", float("nan")), ("lora_dropout", float("inf")), ("lora_alpha", True)])
 def test_bad_hyperparameters_name_the_flag(name, value):
     with pytest.raises(BadInput, match=f"--{name.replace('_', '-')}"):
         finetune_params(**{name: value})
@@ -97,9 +99,17 @@ def test_resume_from_checkpoint_dir(trained, tmp_path):
     first = run_finetune(trained["tokens"], trained["base"], str(tmp_path / "m1"), str(tmp_path / "h1.json"),
                          finetune_params(epochs=1, batch_size=16, checkpoint_dir=str(ckpt)))
     assert first["resumed_from"] is None and any(p.startswith("checkpoint-") for p in os.listdir(ckpt))
+    assert (ckpt / "fingerprint.json").is_file()
+    # the same training again (a retried task): resumes from its last checkpoint, with nothing left to train
     second = run_finetune(trained["tokens"], trained["base"], str(tmp_path / "m2"), str(tmp_path / "h2.json"),
-                          finetune_params(epochs=2, batch_size=16, checkpoint_dir=str(ckpt)))
+                          finetune_params(epochs=1, batch_size=16, checkpoint_dir=str(ckpt)))
     assert second["resumed_from"] and second["resumed_from"].startswith(str(ckpt))
+    assert second["steps_trained"] == 0 and second["global_steps"] == first["global_steps"]
+    assert second["validation"] == first["validation"]
+    # more epochs is another training (another learning-rate schedule): refused, not silently continued
+    with pytest.raises(BadInput, match=r"holds checkpoints of another training \(epochs 1\.0 -> 2\.0\)"):
+        run_finetune(trained["tokens"], trained["base"], str(tmp_path / "m3"), str(tmp_path / "h3.json"),
+                     finetune_params(epochs=2, batch_size=16, checkpoint_dir=str(ckpt)))
 
 
 def test_dataclass_fields_are_pipeline_parameters():

@@ -22,6 +22,14 @@ class Rejected(DomaintuneError):
     exit_code = 3
 
 
+class RegistryUnavailable(DomaintuneError):
+    """The MLflow tracking server did not answer within the bounded wait (registry/client.py): one line naming
+    the tracking URI, the cause and how long was waited. Exit 1: the input is fine, the server is not; rerun
+    when it is back (the cached stages are reused)."""
+
+    exit_code = 1
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise BadInput(message)

@@ -55,7 +55,7 @@ class EvaluateParams(Thresholds):
 def scored(task, predictor, test, labels) -> tuple[dict, object]:
     if list(predictor.labels) != list(labels):
         raise BadInput(f"model labels {predictor.labels} differ from the data's labels {labels}")
-    outputs = predictor.predict(test["text"].tolist())
+    outputs = task.predict_frame(predictor, test)
     return task.score(outputs, test, labels), outputs
 
 
@@ -80,8 +80,6 @@ def run_evaluate(model_dir: str, onnx_dir: str | None, splits_dir: str, output_d
                  champion_dir: str | None = None, champion_info: dict | None = None) -> dict:
     """Writes evaluation.json (metrics of the deployable and of the PyTorch model, bias, gate), the task's
     plots, bias_report.md and predictions.parquet. Without `onnx_dir` the PyTorch model is the deployable."""
-    from domaintune.components.evaluation import bias
-
     task = task_of(model_dir)
     test, labels = read_split(splits_dir, "test"), labels_of(splits_dir)
     deployable = task.load_predictor(onnx_dir or model_dir)
@@ -95,8 +93,8 @@ def run_evaluate(model_dir: str, onnx_dir: str | None, splits_dir: str, output_d
     with storage.atomic_dir(output_dir) as tmp:
         task.write_plots(metrics, labels, tmp)
         with open(os.path.join(tmp, "bias_report.md"), "w") as f:
-            f.write(bias.render_bias_report({**bias_result, "gate": gate, "thresholds": asdict(p.thresholds)}))
-        task.prediction_table(test, outputs).to_parquet(os.path.join(tmp, "predictions.parquet"), index=False)
+            f.write(task.bias_report(bias_result, gate, asdict(p.thresholds)))
+        task.prediction_table(test, outputs, labels).to_parquet(os.path.join(tmp, "predictions.parquet"), index=False)
         result = {"params": asdict(p), "task": task.name, "primary_metric": task.primary_metric,
                   "scored": f"onnx-{export['deployable']}" if export else "pytorch",
                   "metrics": metrics, "metrics_pytorch": metrics_pytorch, "bias": bias_result, "gate": gate,

@@ -52,8 +52,14 @@ def plot_confusion_matrix(matrix, labels: list[str], path: str, title: str = "Co
 
 
 def format_table(metrics: dict) -> str:
-    lines = [f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
-    for label, m in metrics["per_class"].items():
+    """Per-label precision/recall/F1 (classes, or a tagger's entity types) and the headline numbers."""
+    per_label = metrics.get("per_class") or metrics.get("per_type") or {}
+    lines = [f"{'class' if 'per_class' in metrics else 'entity':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+    for label, m in per_label.items():
         lines.append(f"{label[:23]:<24}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}")
-    lines.append(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   n {metrics['n']}")
+    if "accuracy" in metrics:
+        lines.append(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   n {metrics['n']}")
+    else:
+        lines.append(f"entity F1 {metrics['entity_f1']:.4f} (strict {metrics['entity_f1_strict']:.4f})   "
+                     f"precision {metrics['entity_precision']:.4f}   recall {metrics['entity_recall']:.4f}   n {metrics['n']}")
     return "\n".join(lines)

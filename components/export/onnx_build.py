@@ -2,15 +2,11 @@
 fusions, dynamic int8 quantization, and PyTorch reference logits in the batches the checks use."""
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
-from typing import Sequence
-
-import numpy as np
 
 from domaintune.components.core.errors import BadInput
-from domaintune.components.inference.batching import length_sorted_batches
+from domaintune.components.inference.torch_backend import model_input_names, torch_logits  # noqa: F401 (re-exported)
 
 OPSET = 17
 EVAL_BATCH_SIZE = 32
@@ -36,15 +32,6 @@ def load_torch_model(model_dir: str, attn_implementation: str | None = None):
 def model_labels(model) -> list[str]:
     id2label = model.config.id2label
     return [str(id2label[i]) for i in range(len(id2label))]
-
-
-def model_input_names(model, tokenizer) -> list[str]:
-    """The tokenizer's inputs that the model's forward takes, in forward's order."""
-    params = list(inspect.signature(model.forward).parameters)
-    names = [n for n in params if n in set(tokenizer.model_input_names)]
-    if "input_ids" not in names:
-        raise BadInput(f"{model.name_or_path}: the model's forward takes no input_ids; only text encoders export here")
-    return names
 
 
 def _logits_module(model, names: list[str]):
@@ -124,21 +111,3 @@ def quantize_onnx(src: str, dst: str, *, per_channel: bool, reduce_range: bool) 
     return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8 (symmetric)",
             "activation_type": "QUInt8 (dynamic, per tensor)", "per_channel": per_channel,
             "reduce_range": reduce_range, "quantized_operators": quantized}
-
-
-def torch_logits(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = EVAL_BATCH_SIZE,
-                 bf16: bool = False) -> np.ndarray:
-    """PyTorch logits in the same length-sorted padded batches OnnxClassifier uses."""
-    import contextlib
-
-    import torch
-
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
-    names = model_input_names(model, tokenizer)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with torch.inference_mode(), ctx:
-        for idx in length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size):
-            batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt")
-            out[idx] = model(**{k: batch[k] for k in names if k in batch}).logits.float().numpy()
-    return out

@@ -46,14 +46,14 @@ import numpy as np
 
 from domaintune.components.core.errors import BadInput, DomaintuneError, non_negative, positive
 from domaintune.components.evaluation.gate import int8_acceptable
-from domaintune.components.export.inputs import label_ids, read_labeled
 from domaintune.components.export.latency import measure_latencies, typical_length
 from domaintune.components.export.onnx_build import (EVAL_BATCH_SIZE, OPSET, export_onnx, load_torch_model,
                                                      model_labels, optimize_onnx, quantize_onnx, torch_logits)
+from domaintune.components.io.labeled import label_ids, read_labeled  # noqa: F401 (re-exported for bench/)
 from domaintune.components.export.report import _cpu_flags, _size_mb, _versions, render_report
 from domaintune.components.inference.batching import saved_max_length
 from domaintune.components.inference.onnx_backend import (DISABLED_OPTIMIZERS, FP32_FILE, INT8_FILE, REPORT_FILE,
-                                                          OnnxClassifier, physical_cores)
+                                                          physical_cores)
 from domaintune.components.io import storage
 from domaintune.components.tasks import task_of
 
@@ -95,18 +95,18 @@ class Laps:
         self.clock = now
 
 
-def check_parity(reference, ort_fp32, texts, max_parity_diff: float, raw_path: str | None) -> float:
+def check_parity(task, reference, ort_fp32, test, max_parity_diff: float, raw_path: str | None) -> float:
     """Max |logit| difference ORT fp32 vs PyTorch fp32; over the threshold the export is broken (exit 1)."""
-    parity = float(np.abs(ort_fp32 - reference).max())
+    parity = task.max_abs_diff(ort_fp32, reference)
     if np.isfinite(parity) and parity <= max_parity_diff:
         return parity
     detail = ""
     if raw_path:
-        raw = float(np.abs(OnnxClassifier(raw_path).predict_logits(texts, EVAL_BATCH_SIZE) - reference).max())
+        raw = task.max_abs_diff(task.onnx_outputs_of(raw_path, test), reference)
         detail = (f"; the unoptimized export differs by {raw:.3g}, so the graph fusions are at fault "
                   f"(retry with optimize=False)" if raw <= max_parity_diff
                   else f"; the unoptimized export differs by {raw:.3g} as well")
-    raise ExportParityError(f"ONNX fp32 logits differ from PyTorch by up to {parity:.3g} on {len(texts)} test texts "
+    raise ExportParityError(f"ONNX fp32 logits differ from PyTorch by up to {parity:.3g} on {len(test)} test texts "
                             f"(max_parity_diff {max_parity_diff:g}){detail}")
 
 
@@ -139,7 +139,7 @@ def settings(inputs, max_length: int, optimization, quantization) -> dict:
             "cpu": _cpu_flags(), "versions": _versions()}
 
 
-def build_onnx(tmp: str, model_dir: str, task, model, tokenizer, texts, max_length: int, labels, p: ExportParams,
+def build_onnx(tmp: str, model_dir: str, task, model, tokenizer, test, max_length: int, labels, p: ExportParams,
                optimize: bool, lap: Laps) -> dict:
     """fp32 ONNX (optionally fused), parity-checked against PyTorch on the test texts, then int8. Returns the
     files, the logits of the three backends and what each step recorded."""
@@ -152,26 +152,26 @@ def build_onnx(tmp: str, model_dir: str, task, model, tokenizer, texts, max_leng
         lap("optimize")
     write_model_files(tmp, model_dir, model, tokenizer, max_length, labels)
     # Parity on the whole test split, same padded batches on both sides.
-    reference = torch_logits(model, tokenizer, texts, max_length)
-    ort_fp32 = OnnxClassifier(fp32_path).predict_logits(texts, batch_size=EVAL_BATCH_SIZE)
-    parity = check_parity(reference, ort_fp32, texts, p.max_parity_diff, raw_path if optimize else None)
+    reference = task.reference_outputs(model, tokenizer, test, max_length)
+    ort_fp32 = task.onnx_outputs_of(fp32_path, test)
+    parity = check_parity(task, reference, ort_fp32, test, p.max_parity_diff, raw_path if optimize else None)
     lap("parity")
     if optimize:
         os.remove(raw_path)
     quantization = quantize_onnx(fp32_path, int8_path, per_channel=p.int8_per_channel, reduce_range=p.int8_reduce_range)
     lap("quantize")
-    ort_int8 = OnnxClassifier(int8_path).predict_logits(texts, batch_size=EVAL_BATCH_SIZE)
+    ort_int8 = task.onnx_outputs_of(int8_path, test)
     lap("int8_eval")
     return {"fp32_path": fp32_path, "int8_path": int8_path, "inputs": inputs, "optimization": optimization,
             "quantization": quantization, "parity": parity,
             "logits": {"pytorch_fp32": reference, "onnx_fp32": ort_fp32, "onnx_int8": ort_int8}}
 
 
-def parity_report(built: dict, p: ExportParams) -> dict:
+def parity_report(task, built: dict, p: ExportParams) -> dict:
     reference, ort_int8 = built["logits"]["pytorch_fp32"], built["logits"]["onnx_int8"]
     return {"max_abs_logit_diff": built["parity"], "threshold": p.max_parity_diff, "n": len(reference),
-            "int8_max_abs_logit_diff": float(np.abs(ort_int8 - reference).max()),
-            "int8_label_agreement": float((ort_int8.argmax(axis=-1) == reference.argmax(axis=-1)).mean())}
+            "int8_max_abs_logit_diff": task.max_abs_diff(ort_int8, reference),
+            "int8_label_agreement": task.agreement(ort_int8, reference)}
 
 
 def latency_probe(model, tokenizer, built: dict, texts, max_length: int, runs: int, typical_tokens, warmup: int):
@@ -206,13 +206,12 @@ def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams 
     task, lap = task_of(model_dir), Laps()
     model, tokenizer = load_torch_model(model_dir)
     labels = model_labels(model)
-    test = read_labeled(test_data)
-    test["label"] = label_ids(test, labels, test_data)
+    test = task.read_test(test_data, labels)
     texts = test["text"].tolist()
     lap("load")
 
     with storage.atomic_dir(output_dir) as tmp:
-        built = build_onnx(tmp, model_dir, task, model, tokenizer, texts, max_length, labels, p, optimize, lap)
+        built = build_onnx(tmp, model_dir, task, model, tokenizer, test, max_length, labels, p, optimize, lap)
         metrics = {name: task.deployable_metrics(logits, test, labels) for name, logits in built["logits"].items()}
         deployable, drop, reason = choose_deployable(task, metrics, p.max_int8_drop)
         sizes = {"onnx_fp32_mb": _size_mb(built["fp32_path"]), "onnx_int8_mb": _size_mb(built["int8_path"])}
@@ -223,7 +222,7 @@ def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams 
             lap("latency")
         report = {"params": asdict(p), "task": task.name, "deployable": deployable,
                   "deployable_file": INT8_FILE if deployable == "int8" else FP32_FILE, "reason": reason,
-                  "parity": parity_report(built, p), "metrics": metrics, "quality_metric": task.quality_metric,
+                  "parity": parity_report(task, built, p), "metrics": metrics, "quality_metric": task.quality_metric,
                   "int8_quality_drop": drop, "max_int8_drop": p.max_int8_drop, "sizes": sizes, "latency": latency,
                   "settings": settings(built["inputs"], max_length, built["optimization"], built["quantization"]),
                   "model_dir": os.path.abspath(model_dir), "test_data": os.path.abspath(test_data),

@@ -13,6 +13,7 @@ evaluation of the best model after training (its metrics are in the log).
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -25,7 +26,7 @@ from domaintune.components.io import storage
 from domaintune.components.io.base_models import PACKAGED_MODEL, load_tokenizer
 from domaintune.components.io.splits import LABEL_MAP
 from domaintune.components.tasks import task_of
-from domaintune.components.training.checkpoints import last_checkpoint
+from domaintune.components.training import checkpoints as ckpt
 from domaintune.components.training.precision import PRECISIONS, pick_precision
 from domaintune.components.training.progress import progress_callback
 from domaintune.components.training.trainer import best_evaluation, timed_trainer_class
@@ -59,10 +60,10 @@ class FinetuneParams:
         non_negative("weight-decay", self.weight_decay)
         non_negative("seed", self.seed, kind=int)
         one_of("precision", self.precision, PRECISIONS)
-        if self.lora:
-            positive("lora-r", self.lora_r)
-            positive("lora-alpha", self.lora_alpha)
-            fraction("lora-dropout", self.lora_dropout)
+        # checked whether or not --lora is on: a NaN or a boolean is never a setting
+        positive("lora-r", self.lora_r)
+        positive("lora-alpha", self.lora_alpha)
+        fraction("lora-dropout", self.lora_dropout)
 
 
 def apply_lora(task, model, p: FinetuneParams):
@@ -155,6 +156,32 @@ def save_model(model, tokenizer, output_dir: str, task, labels: list[str], max_l
                            {"task": task.name, "max_length": max_length, "labels": labels, "lora_merged": p.lora})
 
 
+# What a checkpoint directory is bound to besides the data and the base model: every parameter that changes
+# the training (where checkpoints go and where S3 is do not).
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "s3_endpoint_url")
+
+
+def training_fingerprint(tokens_dir: str, model_dir: str, p: FinetuneParams) -> dict:
+    """What produced a checkpoint (training/checkpoints.py): the tokens (stats, label map, and the Arrow data of
+    the train and validation splits, which early stopping and the best checkpoint depend on), the base model's
+    config and weights, and the training parameters."""
+    data = {name: ckpt.file_digest([os.path.join(tokens_dir, name)]) for name in ("token_stats.json", LABEL_MAP)}
+    data.update({split: ckpt.arrow_digest(os.path.join(tokens_dir, split)) for split in ("train", "validation")})
+    return ckpt.fingerprint(data, ckpt.model_digest(model_dir), ckpt.training_params(p, NOT_IN_FINGERPRINT))
+
+
+def checkpoints_for(tokens_dir: str, model_dir: str, output_dir: str, p: FinetuneParams) -> tuple[str, dict]:
+    """Checkpoints live outside the model artifact; a retried task given the same --checkpoint-dir (a volume on a
+    cluster) resumes from the last one — only if that directory was written by this same training. Without
+    --checkpoint-dir they go to a scratch directory beside the output that a kfp.local retry of this task finds
+    again; one left there by another training is cleared (nobody asked to keep it)."""
+    fp = training_fingerprint(tokens_dir, model_dir, p)
+    if p.checkpoint_dir:
+        return ckpt.bind(p.checkpoint_dir, fp), fp
+    scratch = os.path.join(os.path.dirname(os.path.abspath(output_dir)), "checkpoints")
+    return ckpt.bind_scratch(scratch, fp), fp
+
+
 def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path: str, p: FinetuneParams) -> dict:
     stage_started = time.monotonic()
     from datasets import load_from_disk
@@ -162,6 +189,10 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
 
     set_seed(p.seed)
     task = task_of(tokens_dir)
+    # first, before the model is loaded: a checkpoint dir of another training is refused in a second
+    checkpoints, fp = checkpoints_for(tokens_dir, model_dir, output_dir, p)
+    resume = ckpt.last_checkpoint(checkpoints)
+    print(ckpt.describe_resume("finetune", resume, checkpoints, fp["fingerprint"]), file=sys.stderr, flush=True)
     train = load_from_disk(os.path.join(tokens_dir, "train"))
     validation = load_from_disk(os.path.join(tokens_dir, "validation"))
     labels = storage.read_json(os.path.join(tokens_dir, LABEL_MAP))["labels"]
@@ -170,14 +201,10 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     model, model_info = prepare_model(task, model_dir, labels, p)
     precision = pick_precision(p.precision)
 
-    # Checkpoints live outside the model artifact; a retried task that is given the same checkpoint dir
-    # (a volume on a cluster) resumes from the last one.
-    checkpoints = p.checkpoint_dir or os.path.join(os.path.dirname(os.path.abspath(output_dir)), "checkpoints")
-    resume = last_checkpoint(checkpoints)
     trainer = timed_trainer_class()(
         model=model, args=training_arguments(task, p, checkpoints, precision, len(train)),
         train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
-        data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics,
+        data_collator=task.collator(tokenizer), compute_metrics=functools.partial(task.compute_metrics, labels=labels),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience),
                    progress_callback("finetune")],
     )
@@ -189,6 +216,7 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
 
     history = build_history(task, p, trainer, result, best, clock, resume, len(train),
                             {**model_info, "precision_used": precision, "max_length": max_length})
+    history["checkpoints"] = {"dir": checkpoints if p.checkpoint_dir else None, "fingerprint": fp["fingerprint"]}
     pretrained = os.path.join(model_dir, "pretrain.json")
     if os.path.isfile(pretrained):  # the encoder came from the pretrain stage: its report travels with the run
         history["pretrain"] = storage.read_json(pretrained)
@@ -199,7 +227,9 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
         shutil.rmtree(checkpoints, ignore_errors=True)
     history["timing"]["stage_seconds"] = round(time.monotonic() - stage_started, 2)
     storage.write_json(history_path, history)
-    print(f"finetune: {history['examples_seen']} examples in {history['train_seconds']:.1f}s "
-          f"({history['examples_per_second']} ex/s, {precision}); validation {task.primary_metric} "
+    resumed = (f", resumed at step {history['resumed_step']}: {history['examples_seen']} examples in all"
+               if resume else "")
+    print(f"finetune: {history['examples_trained']} examples in {history['train_seconds']:.1f}s "
+          f"({history['examples_per_second']} ex/s, {precision}{resumed}); validation {task.primary_metric} "
           f"{history['validation'][task.primary_metric]:.4f}", file=sys.stderr)
     return history

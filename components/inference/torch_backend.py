@@ -6,7 +6,7 @@ domain texts that removes most padding work (bench/BENCHMARKS.md).
 """
 from __future__ import annotations
 
-import json
+import inspect
 import os
 from typing import Protocol, Sequence
 
@@ -58,3 +58,30 @@ class HFClassifier:
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """The task-level output (tasks/classification.py): class probabilities."""
         return self.predict_proba(texts, batch_size)
+
+
+def model_input_names(model, tokenizer) -> list[str]:
+    """The tokenizer's inputs that the model's forward takes, in forward's order."""
+    params = list(inspect.signature(model.forward).parameters)
+    names = [n for n in params if n in set(tokenizer.model_input_names)]
+    if "input_ids" not in names:
+        raise BadInput(f"{model.name_or_path}: the model's forward takes no input_ids; only text encoders export here")
+    return names
+
+
+def torch_logits(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 32,
+                 bf16: bool = False) -> np.ndarray:
+    """PyTorch logits in the same length-sorted padded batches OnnxClassifier uses."""
+    import contextlib
+
+    import torch
+
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    names = model_input_names(model, tokenizer)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
+        for idx in length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size):
+            batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt")
+            out[idx] = model(**{k: batch[k] for k in names if k in batch}).logits.float().numpy()
+    return out

@@ -19,6 +19,7 @@ def ingest_op(
     seed: int,
     s3_endpoint_url: str,
     data_version: str,
+    strict_iob2: bool,
     splits: Output[Dataset],
     data_report: Output[Artifact],
 ):

@@ -15,7 +15,6 @@ from domaintune.components.core.errors import fraction, require
 from domaintune.components.core.params import csv_list
 from domaintune.components.io import storage
 from domaintune.components.io.splits import SPLITS
-from domaintune.components.io.tables import read_table
 from domaintune.components.tasks import DEFAULT_TASK, get_task
 
 
@@ -33,6 +32,7 @@ class IngestParams:
     seed: int = 42
     s3_endpoint_url: str = ""
     data_version: str = ""
+    strict_iob2: bool = False  # taggers: refuse a stray I-X instead of repairing it to B-X
 
     def __post_init__(self):
         self.train_data = self.train_data or sample_data()  # the uri the report and the lineage name
@@ -58,16 +58,16 @@ def sample_data() -> str:
 
 def read_inputs(task, p: IngestParams) -> tuple[dict[str, pd.DataFrame], dict]:
     """Every given file, read and validated by the task; `info` records sha256s and what was dropped."""
-    frame, sha = read_table(p.train_data, p.s3_endpoint_url)
+    frame, sha = task.read_file(p.train_data, p)
     train, info = task.read_rows(frame, p.train_data, p)
     info["data_sha256"] = {p.train_data: sha}
     inputs = {"train": train}
     for name, uri in (("validation", p.validation_data), ("test", p.test_data)):
         if uri:
-            frame, info["data_sha256"][uri] = read_table(uri, p.s3_endpoint_url)
+            frame, info["data_sha256"][uri] = task.read_file(uri, p)
             inputs[name], extra = task.read_rows(frame, uri, p)
             info[f"{name}_empty_texts_dropped"] = extra["empty_texts_dropped"]
-    info["input_duplicates"] = {name: int(df.duplicated(["text", "label_name"]).sum()) for name, df in inputs.items()}
+    info["input_duplicates"] = {name: task.duplicates(df) for name, df in inputs.items()}
     return inputs, info
 
 

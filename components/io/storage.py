@@ -100,6 +100,122 @@ def atomic_dir(path: str):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+LOCK_NAME = ".domaintune-run.lock"
+
+
+class DirClaim:
+    """A directory a run writes into, claimed at its start (`claim_dir`): a lock file inside names the owner;
+    released at the end. Used for `--output`, which may hold the user's files: nothing the run did not create
+    is ever replaced or deleted."""
+
+    def __init__(self, path: str, created: bool, lock: str):
+        self.path, self.created, self.lock = path, created, lock
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.lock)
+        if self.created:  # the run made the directory: leave none behind when nothing else is in it
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_output_dir(path: str, flag: str = "--output", reserved: tuple[str, ...] = ()) -> None:
+    """BadInput unless PATH can take a run's results: not a file, no file on its way, no other live run writing
+    there, and none of the RESERVED names (what the run writes) in it yet — earlier results are never
+    overwritten; other files may be there and stay. Without RESERVED it must be empty. Writes nothing."""
+    parent = path
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise BadInput(f"{flag} {path}: {'is a file' if parent == path else parent + ' is a file'}, not a directory")
+    if not os.path.isdir(path):
+        return
+    owner = read_lock(os.path.join(path, LOCK_NAME))
+    if owner and owner.get("live"):
+        raise BadInput(f"{flag} {path}: another domaintune run (pid {owner.get('pid')}, run id {owner.get('run_id')}) "
+                       f"is writing there; wait for it or choose another {flag}")
+    present = [n for n in sorted(os.listdir(path)) if n != LOCK_NAME]
+    taken = [n for n in present if n in reserved] if reserved else present
+    if taken:
+        raise BadInput(f"{flag} {path}: already holds {', '.join(taken)} (earlier results are never overwritten); "
+                       f"choose another {flag}")
+
+
+def read_lock(lock: str) -> dict | None:
+    """The owner a lock file names, with `live`: whether that process still runs on this host (a lock left
+    by a killed run is stale and may be taken over)."""
+    import socket
+
+    try:
+        with open(lock, encoding="utf-8") as f:
+            owner = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"live": False}
+    if not isinstance(owner, dict):
+        return {"live": False}
+    pid = owner.get("pid")
+    same_host = owner.get("host") == socket.gethostname()
+    owner["live"] = (not same_host) or (isinstance(pid, int) and _alive(pid))
+    return owner
+
+
+def claim_dir(path: str, owner: dict, flag: str = "--output", reserved: tuple[str, ...] = ()) -> DirClaim:
+    """Claim PATH for this run: create it if needed, then create its lock file exclusively (a second run given
+    the same directory is refused; a stale lock of a killed run is taken over). Checks as `check_output_dir`."""
+    import socket
+
+    check_output_dir(path, flag, reserved)
+    created = not os.path.exists(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"{flag} {path}: cannot create the directory ({exc.strerror})") from None
+    lock = os.path.join(path, LOCK_NAME)
+    stale = read_lock(lock)
+    if stale is not None and not stale.get("live") and read_lock(lock) == stale:  # a killed run's: take it over
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        owner_now = read_lock(lock) or {}
+        raise BadInput(f"{flag} {path}: another domaintune run (pid {owner_now.get('pid')}, run id "
+                       f"{owner_now.get('run_id')}) is writing there; wait for it or choose another {flag}") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump({**owner, "pid": os.getpid(), "host": socket.gethostname()}, f)
+    return DirClaim(path, created, lock)
+
+
+def move_into(staging: str, target: str) -> list[str]:
+    """Move every entry of STAGING (built beside TARGET, on the same filesystem) into TARGET, each with one
+    rename, then remove STAGING. Nothing in TARGET is replaced: when a name is already taken (a file that
+    appeared there meanwhile), nothing is moved and the error (exit 1: the run itself went through) says where
+    the results are. Returns the names."""
+    from domaintune.components.core.errors import DomaintuneError
+
+    names = sorted(os.listdir(staging))
+    taken = [n for n in names if os.path.lexists(os.path.join(target, n))]
+    if taken:
+        raise DomaintuneError(f"--output {target}: {', '.join(taken)} appeared there during the run and were left as they "
+                       f"are; this run's results are in {staging}")
+    for name in names:
+        os.rename(os.path.join(staging, name), os.path.join(target, name))
+    os.rmdir(staging)
+    return names
+
+
 def write_json(path: str, obj) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:

@@ -7,7 +7,7 @@ from domaintune.components.core.images import GPU_IMAGE, IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def pretrain_plan_op(
+def plan_op(
     base_model: str,
     s3_endpoint_url: str,
     domain_corpus: str,

@@ -40,7 +40,7 @@ from domaintune.components.pretrain.mlm import (  # noqa: F401  (re-exported)
     classifier_reload_check, encoder_features, fixed_eval_batches, head_perplexity, head_warmup, masked_logits,
     mlm_head, mlm_loss, perplexity)
 from domaintune.components.pretrain.report import perplexity_report, training_report, write_outputs
-from domaintune.components.training.checkpoints import last_checkpoint
+from domaintune.components.training import checkpoints as ckpt
 from domaintune.components.training.precision import PRECISIONS, pick_precision
 from domaintune.components.training.progress import progress_callback
 
@@ -110,11 +110,11 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
     require(p.wanted, "pretrain needs --domain-corpus or --pretrain-on-train-text")
     wall_started = time.monotonic()
     tokenizer, train, heldout, corpus = prepare_blocks(splits_dir, model_dir, p)
+    checkpoints, fp = checkpoints_for(model_dir, output_dir, corpus, p)  # another training's: refused here
+    resume = ckpt.last_checkpoint(checkpoints)
+    print(ckpt.describe_resume("pretrain", resume, checkpoints, fp["fingerprint"]), file=sys.stderr, flush=True)
     model, head_missing, precision, device = load_masked_lm(model_dir, p.precision)
     plan = plan_steps(model, train, head_missing, p)
-    checkpoints = (os.path.join(p.checkpoint_dir, "pretrain") if p.checkpoint_dir
-                   else os.path.join(os.path.dirname(os.path.abspath(output_dir)), "pretrain-checkpoints"))
-    resume = last_checkpoint(checkpoints)
     eval_batches = fixed_eval_batches(tokenizer, heldout, max(32, p.mlm_batch_size))
     before, resume = measure_before(model, tokenizer, train, eval_batches, checkpoints, resume, plan,
                                     precision, device, p)
@@ -138,6 +138,24 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
           f"{train_seconds:.1f}s ({precision}); "
           f"held-out perplexity {report['perplexity']['before']} -> {report['perplexity']['after']}", file=sys.stderr)
     return report
+
+
+# The masked-LM checkpoints are bound (training/checkpoints.py) to the corpus content, the base model and these
+# parameters; not to where things live, nor to the step budget (mlm_epochs, mlm_max_steps), which a retry may
+# raise to continue the same training.
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "s3_endpoint_url", "domain_corpus", "mlm_epochs", "mlm_max_steps")
+
+
+def checkpoints_for(model_dir: str, output_dir: str, corpus: dict, p: PretrainParams) -> tuple[str, dict]:
+    """`<checkpoint_dir>/pretrain` bound to this training (a mismatch is refused), or a scratch directory beside
+    the output that a retry of this task finds again (cleared when another training left it)."""
+    data = [{"kind": s.get("kind"), "sha256": s.get("sha256"), "documents": s.get("documents")}
+            for s in corpus.get("sources", [])]
+    fp = ckpt.fingerprint({"corpus": data}, ckpt.model_digest(model_dir), ckpt.training_params(p, NOT_IN_FINGERPRINT))
+    if p.checkpoint_dir:
+        return ckpt.bind(os.path.join(p.checkpoint_dir, "pretrain"), fp), fp
+    scratch = os.path.join(os.path.dirname(os.path.abspath(output_dir)), "pretrain-checkpoints")
+    return ckpt.bind_scratch(scratch, fp), fp
 
 
 def prepare_blocks(splits_dir: str, model_dir: str, p: PretrainParams) -> tuple:

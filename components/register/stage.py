@@ -185,7 +185,7 @@ def build_summary(task, r: Reports, p: RegisterParams, run_id: str, version, ali
                       "corpus": pre.get("corpus"), "steps": (pre.get("training") or {}).get("steps")} if pre else None),
         "lineage": {k: v for k, v in lineage.items() if not k.startswith("mlflow.")},
         "pipeline_run_id": pipeline_run_id,
-        "task_card": task.card_context(r.data["labels"], ev["metrics"]),
+        "task_card": task.card_context(r.data["labels"], ev["metrics"], ev.get("metrics_pytorch")),
     }
 
 
@@ -196,6 +196,22 @@ def run_register(inputs: RunInputs, summary_path: str, p: RegisterParams, pipeli
     r = read_reports(inputs)
     gate, params = r.evaluation["gate"], all_params(r, p)
     lineage = lineage_tags(r.data, pipeline_run_id, r.base_model)
+    uri = registry.tracking_uri(p.mlflow_tracking_uri)
+    registry.check_server(uri)  # a server that is down: one line in seconds, before anything is logged
+    with registry.reachable(uri, "while registering"):
+        summary, card = _log_and_register(mlflow, inputs, r, task, p, gate, params, lineage, pipeline_run_id)
+
+    summary["artifacts"] = {"model": inputs.model_dir, "evaluation": inputs.evaluation_dir,
+                            "data_report": inputs.data_report, "history": inputs.history,
+                            "export": inputs.export_dir or None}
+    summary["model_card"] = card
+    os.makedirs(os.path.dirname(os.path.abspath(summary_path)) or ".", exist_ok=True)
+    storage.write_json(summary_path, summary)
+    return summary
+
+
+def _log_and_register(mlflow, inputs: RunInputs, r: Reports, task, p: RegisterParams, gate: dict, params: dict,
+                      lineage: dict, pipeline_run_id: str) -> tuple[dict, str]:
     c = registry.client(p.mlflow_tracking_uri)
     experiment_id = registry.experiment_id(c, p.experiment_name)
     prior_run, prior_version = _existing(c, experiment_id, p.model_name, pipeline_run_id)
@@ -224,11 +240,4 @@ def run_register(inputs: RunInputs, summary_path: str, p: RegisterParams, pipeli
         mlflow.log_text(card, "model_card.md")
         if version is not None:
             c.update_model_version(p.model_name, version.version, description=model_card.description(card))
-
-    summary["artifacts"] = {"model": inputs.model_dir, "evaluation": inputs.evaluation_dir,
-                            "data_report": inputs.data_report, "history": inputs.history,
-                            "export": inputs.export_dir or None}
-    summary["model_card"] = card
-    os.makedirs(os.path.dirname(os.path.abspath(summary_path)) or ".", exist_ok=True)
-    storage.write_json(summary_path, summary)
-    return summary
+    return summary, card

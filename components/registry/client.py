@@ -7,12 +7,16 @@ model's `MLmodel` file, never assumed; and only the part that is needed is downl
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import time
 
 from domaintune.components.core.errors import BadInput
+from domaintune.components.registry.health import (  # noqa: F401 (the registry API stages use)
+    CREDENTIAL_ENV, HEALTH_ATTEMPTS, HEALTH_TIMEOUT_S, HTTP_BOUNDS, bound_http_waits, check_server, connection_problem,
+    is_remote, reachable, unavailable)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEFAULT_MODEL_NAME = "domaintune-classifier"
@@ -32,6 +36,7 @@ def client(uri: str = ""):
     from mlflow import MlflowClient
 
     resolved = tracking_uri(uri)
+    bound_http_waits()
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
     return MlflowClient(tracking_uri=resolved, registry_uri=resolved)
@@ -42,7 +47,9 @@ def alias_version(c, model_name: str, alias: str):
 
     try:
         return c.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if connection_problem(exc) is not None:  # a server that is down is not "no champion"
+            raise
         return None  # no such model or alias yet
 
 
@@ -58,6 +65,8 @@ def _retry(fn, attempts: int = 6):
         except MlflowException as exc:
             if attempt == attempts - 1 or exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND",
                                                              "INVALID_PARAMETER_VALUE"):
+                raise
+            if connection_problem(exc) is not None:  # MLflow's HTTP client has already retried it (bounded)
                 raise
             time.sleep(random.uniform(0.1, 0.4) * (attempt + 1))
 
@@ -177,7 +186,10 @@ def champion_version(uri: str, model_name: str) -> str:
     """The version number holding `champion` now, or "" when there is none. The pipeline resolves it once,
     before evaluation, and passes it to evaluate as a parameter: evaluate's cache key then names the champion
     it was compared with, so a rerun reuses the evaluation until the champion changes."""
-    version = alias_version(client(uri), model_name, CHAMPION)
+    resolved = tracking_uri(uri)
+    check_server(resolved)
+    with reachable(resolved, "looking up the champion"):
+        version = alias_version(client(resolved), model_name, CHAMPION)
     return "" if version is None else str(version.version)
 
 
@@ -189,9 +201,12 @@ def fetch_champion(uri: str, model_name: str, dest: str, version_number: str) ->
     test split."""
     if not version_number:
         return None
-    c = client(uri)
-    version = c.get_model_version(model_name, version_number)
-    _, local = download_part(c, version, dest, (ONNX_ARTIFACT, HF_ARTIFACT))
+    resolved = tracking_uri(uri)
+    check_server(resolved)
+    with reachable(resolved, "downloading the champion"):
+        c = client(resolved)
+        version = c.get_model_version(model_name, version_number)
+        _, local = download_part(c, version, dest, (ONNX_ARTIFACT, HF_ARTIFACT))
     info = {"model_name": model_name, "version": int(version.version), "run_id": version.run_id}
     return local, info
 

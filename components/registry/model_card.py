@@ -65,6 +65,7 @@ def _identity(s: dict, data: dict, lineage: dict) -> dict:
         "base_model": params.get("base_model") or lineage.get("base_model") or "–",
         "max_length": (s.get("training") or {}).get("max_length") or params.get("max_length"),
         "ref_version": f"models:/{name}/{version}", "ref_alias": f"models:/{name}@champion",
+        "task_card": s.get("task_card") if isinstance(s.get("task_card"), dict) else None,
     }
 
 
@@ -102,7 +103,7 @@ def _metrics_context(s: dict) -> dict:
     """Test and validation metrics, the per-class table, the PyTorch model's test metrics."""
     metrics = s.get("metrics") or {}
     test = metrics.get("test") or {}
-    per_class = test.get("per_class") or {}
+    per_class = test.get("per_class") or test.get("per_type") or {}  # classes, or a tagger's entity types
     pytorch = metrics.get("test_pytorch")
     return {"test": test, "validation": metrics.get("validation") or {},
             "per_class_table": [[lab, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")]

@@ -9,6 +9,7 @@ everything loads in load_context.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import mlflow.pyfunc
@@ -32,7 +33,9 @@ class DomaintuneModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = model_input["text"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
         answers = self.task.format_predictions(self.predictor, self.predictor.predict(texts), texts)
-        return pd.DataFrame([{k: v for k, v in a.items() if k != "text"} for a in answers])
+        # nested answers (a tagger's entities) travel as JSON strings: the signature's column type
+        return pd.DataFrame([{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in a.items() if k != "text"}
+                             for a in answers])
 
 
 DomaintuneClassifier = DomaintuneModel  # the name versions registered before tasks existed were pickled with

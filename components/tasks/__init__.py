@@ -11,8 +11,9 @@ import os
 from domaintune.components.core.errors import BadInput
 from domaintune.components.tasks.base import Task
 from domaintune.components.tasks.classification import Classification
+from domaintune.components.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, type[Task]] = {Classification.name: Classification}
+TASKS: dict[str, type[Task]] = {Classification.name: Classification, TokenClassification.name: TokenClassification}
 DEFAULT_TASK = Classification.name
 # The files that carry the task name: label_map.json (splits, tokens), domaintune.json (model, ONNX export).
 TASK_FILES = ("domaintune.json", "label_map.json")

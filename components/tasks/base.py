@@ -9,11 +9,11 @@ What a task owns, in the order the pipeline asks:
 
 | stage      | asks the task for |
 |------------|-------------------|
-| ingest     | `read_rows` (validate and normalise one file), `label_space`, `check_heldout`, `split`, `to_split_frame`, `data_report` |
+| ingest     | `read_file`, `read_rows` (validate and normalise one file), `duplicates`, `label_space`, `check_heldout`, `split`, `carve`, `to_split_frame`, `data_report` |
 | tokenize   | `encode` (token ids plus aligned labels) |
 | finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `compute_metrics`, `primary_metric` |
-| export     | `onnx_outputs` (output names and dynamic axes), `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric` |
-| evaluate   | `load_predictor`, `score`, `prediction_table`, `bias_checks`, `write_plots` |
+| export     | `read_test`, `onnx_outputs` (output names and dynamic axes), `reference_outputs` / `onnx_outputs_of` (PyTorch and onnxruntime logits), `max_abs_diff`, `agreement`, `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric` |
+| evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots` |
 | register   | `summary_metrics`, `card_context`, `pyfunc_signature` |
 | predict / serve | `load_predictor`, `format_predictions`, `read_labeled` |
 
@@ -40,9 +40,19 @@ class Task(ABC):
     description: ClassVar[str]
 
     # ------------------------------------------------------------------------------------------- data
+    def read_file(self, uri: str, p) -> tuple[pd.DataFrame, str]:
+        """One input file as a frame, and its sha256 (lineage); tables by default."""
+        from domaintune.components.io.tables import read_table
+
+        return read_table(uri, p.s3_endpoint_url)
+
     @abstractmethod
     def read_rows(self, frame: pd.DataFrame, uri: str, p) -> tuple[pd.DataFrame, dict]:
         """One input file's rows, validated and normalised to the task's split columns; `p` is IngestParams."""
+
+    @abstractmethod
+    def duplicates(self, frame: pd.DataFrame) -> int:
+        """Rows of one input file identical to an earlier row (input and label)."""
 
     @abstractmethod
     def label_space(self, train: pd.DataFrame, uri: str, p) -> list[str]:
@@ -93,17 +103,41 @@ class Task(ABC):
         """The Trainer's data collator (dynamic padding)."""
 
     @abstractmethod
-    def compute_metrics(self, eval_pred) -> dict:
-        """Validation metrics for the Trainer; must contain `primary_metric`."""
+    def compute_metrics(self, eval_pred, labels: list[str]) -> dict:
+        """Validation metrics for the Trainer (bind `labels` with functools.partial); has `primary_metric`."""
 
     # --------------------------------------------------------------------------------------- inference
     @abstractmethod
     def load_predictor(self, ref: str):
         """A predictor for a model directory, an ONNX file or an export directory."""
 
+    def predict_frame(self, predictor, frame: pd.DataFrame, batch_size: int = 64):
+        """The predictor's outputs for the rows of a split frame (what `score` takes)."""
+        return predictor.predict(frame["text"].tolist(), batch_size=batch_size)
+
     @abstractmethod
     def format_predictions(self, predictor, outputs, texts: Sequence[str]) -> list[dict]:
         """One JSON-ready answer per text (`domaintune predict`, the MLflow pyfunc, serving)."""
+
+    # ----------------------------------------------------------------------------- serving (optional)
+    def serving_predictor(self, ref: str, intra_op_threads: int | None = None):
+        """The predictor `domaintune serve` runs for an export directory: the ONNX deployable, loaded without
+        importing PyTorch where the task can. Default: `load_predictor`."""
+        return self.load_predictor(ref)
+
+    def serving_answers(self, predictor, outputs, texts: Sequence[str], details: bool = False) -> list[dict]:
+        """The served answer per text: `format_predictions` without the echoed text, plus the task's optional
+        detail (`details`: e.g. every class's score) when the client asks for it."""
+        return [{k: v for k, v in a.items() if k != "text"} for a in self.format_predictions(predictor, outputs, texts)]
+
+    def serving_outputs(self, labels: list[str]) -> list[dict]:
+        """The Open Inference Protocol (V2) output tensors, one per answer key: `name`, `datatype`, `shape`
+        (-1 = one row per text) and `detail` (sent only when asked for). Default: the pyfunc signature's
+        output columns; a value that is no string or number (entity spans...) travels as JSON in BYTES."""
+        types = {"string": "BYTES", "double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32",
+                 "boolean": "BOOL"}
+        return [{"name": column, "datatype": types.get(kind, "BYTES"), "shape": [-1], "detail": False}
+                for kind, column in self.pyfunc_signature()[1]]
 
     # -------------------------------------------------------------------------------------- evaluation
     @abstractmethod
@@ -115,12 +149,16 @@ class Task(ABC):
         """Test metrics of a predictor's outputs on a split frame; contains `primary_metric` and `n`."""
 
     @abstractmethod
-    def prediction_table(self, frame: pd.DataFrame, outputs) -> pd.DataFrame:
+    def prediction_table(self, frame: pd.DataFrame, outputs, labels: list[str]) -> pd.DataFrame:
         """Per-example predictions written beside the evaluation."""
 
     @abstractmethod
     def bias_checks(self, predictor, outputs, frame: pd.DataFrame, labels: list[str], p) -> dict:
         """{"slices": ..., "counterfactual": ...} for the gate's fairness rules; `p` is EvaluateParams."""
+
+    @abstractmethod
+    def bias_report(self, bias: dict, gate: dict, thresholds: dict) -> str:
+        """The Markdown bias report for the evaluation directory, the KFP UI and MLflow."""
 
     def write_plots(self, metrics: dict, labels: list[str], directory: str) -> list[str]:
         """Figures for the evaluation directory; returns their file names."""
@@ -132,6 +170,26 @@ class Task(ABC):
         """ONNX output names and their dynamic axes (inputs are always batch x sequence)."""
 
     @abstractmethod
+    def read_test(self, path: str, labels: list[str]) -> pd.DataFrame:
+        """A labeled test file (a split file, or any file the task reads) with label ids of `labels`."""
+
+    @abstractmethod
+    def reference_outputs(self, model, tokenizer, frame: pd.DataFrame, max_length: int):
+        """PyTorch fp32 logits of a loaded model on the frame, in the batches the ONNX side uses."""
+
+    @abstractmethod
+    def onnx_outputs_of(self, path: str, frame: pd.DataFrame):
+        """onnxruntime logits of the ONNX file at `path` on the frame."""
+
+    @abstractmethod
+    def max_abs_diff(self, a, b) -> float:
+        """The largest absolute difference between two backends' logits (the parity check)."""
+
+    @abstractmethod
+    def agreement(self, a, b) -> float:
+        """Share of predictions (labels, tags) on which two backends agree."""
+
+    @abstractmethod
     def deployable_metrics(self, outputs, frame: pd.DataFrame, labels: list[str]) -> dict:
         """Quality of one backend's outputs on the test split; contains `quality_metric` and `n`."""
 
@@ -141,8 +199,9 @@ class Task(ABC):
         """Test metrics as flat MLflow metric names (without the `test_` prefix)."""
 
     @abstractmethod
-    def card_context(self, labels: list[str], metrics: dict) -> dict:
-        """Task-specific parts of the model card (intended use, the per-label table)."""
+    def card_context(self, labels: list[str], metrics: dict, metrics_pytorch: dict | None = None) -> dict:
+        """Task-specific parts of the model card: `what` (intended use), `auto_class`, `outputs`, `label_kind`,
+        and optionally `headline` / `pytorch_headline` (the test metrics in a sentence)."""
 
     @abstractmethod
     def pyfunc_signature(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

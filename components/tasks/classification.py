@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pandas as pd
 
-from domaintune.components.core.errors import BadInput, require
-from domaintune.components.tasks.base import Task
+from domaintune.components.core.errors import BadInput
+from domaintune.components.tasks.classification_serving import ClassificationServing
+from domaintune.components.tasks.classification_split import carve_heldout, stratified_split
 
 
 def label_str(value) -> str:
@@ -43,7 +44,7 @@ def length_stats(texts: pd.Series) -> dict:
     }
 
 
-class Classification(Task):
+class Classification(ClassificationServing):
     name = "classification"
     primary_metric = "macro_f1"
     quality_metric = "accuracy"
@@ -71,6 +72,9 @@ class Classification(Task):
         out = out[~empty.to_numpy()].reset_index(drop=True)
         return out, {"rows_read": len(frame), "empty_texts_dropped": int(empty.sum())}
 
+    def duplicates(self, frame):
+        return int(frame.duplicated(["text", "label_name"]).sum())
+
     def label_space(self, train, uri, p):
         labels = sorted_labels(train["label_name"])
         if len(labels) < 2:
@@ -85,32 +89,10 @@ class Classification(Task):
                            f"does not occur in the training data {p.train_data}")
 
     def split(self, frame, p):
-        """Stratified, seeded split of the unique rows; identical (text, label) rows never straddle splits."""
-        from sklearn.model_selection import train_test_split
-
-        unique = frame.drop_duplicates(subset=["text", "label_name"]).reset_index(drop=True)
-        info = {"duplicates_dropped_before_split": len(frame) - len(unique), "stratified": True}
-        holdout = p.validation_fraction + p.test_fraction
-        try:
-            train, rest = train_test_split(unique, test_size=holdout, random_state=p.seed,
-                                           stratify=unique["label_name"])
-            val, test = train_test_split(rest, test_size=p.test_fraction / holdout, random_state=p.seed,
-                                         stratify=rest["label_name"])
-        except ValueError:  # a class too small to appear in every split: fall back to a seeded random split
-            info["stratified"] = False
-            train, rest = train_test_split(unique, test_size=holdout, random_state=p.seed)
-            val, test = train_test_split(rest, test_size=p.test_fraction / holdout, random_state=p.seed)
-        require(len(val) > 0 and len(test) > 0, f"{p.train_data}: too few rows ({len(unique)}) to split")
-        return {"train": train, "validation": val, "test": test}, info
+        return stratified_split(frame, p)
 
     def carve(self, frame, share, seed):
-        from sklearn.model_selection import train_test_split
-
-        unique = frame.drop_duplicates(subset=["text", "label_name"])
-        try:
-            return train_test_split(unique, test_size=share, random_state=seed, stratify=unique["label_name"])
-        except ValueError:
-            return train_test_split(unique, test_size=share, random_state=seed)
+        return carve_heldout(frame, share, seed)
 
     def to_split_frame(self, frame, labels):
         label2id = {lab: i for i, lab in enumerate(labels)}
@@ -179,7 +161,7 @@ class Classification(Task):
 
         return DataCollatorWithPadding(tokenizer)
 
-    def compute_metrics(self, eval_pred):
+    def compute_metrics(self, eval_pred, labels):
         from sklearn.metrics import accuracy_score, f1_score
 
         logits, labels = eval_pred
@@ -226,7 +208,7 @@ class Classification(Task):
 
         return classification_metrics(frame["label"].to_numpy(), np.asarray(outputs).argmax(axis=1), labels)
 
-    def prediction_table(self, frame, outputs):
+    def prediction_table(self, frame, outputs, labels):
         out = frame[["text", "label"]].copy()
         out["predicted"] = np.asarray(outputs).argmax(axis=1)
         out["confidence"] = np.asarray(outputs).max(axis=1)
@@ -243,6 +225,11 @@ class Classification(Task):
                                           max_texts=p.probe_max_texts, min_prob_change=p.flip_min_prob_change)
         return {"slices": slices, "counterfactual": probe}
 
+    def bias_report(self, bias, gate, thresholds):
+        from domaintune.components.evaluation import bias as probes
+
+        return probes.render_bias_report({**bias, "gate": gate, "thresholds": thresholds})
+
     def write_plots(self, metrics, labels, directory):
         from domaintune.components.evaluation.metrics import plot_confusion_matrix
 
@@ -252,6 +239,29 @@ class Classification(Task):
     # ------------------------------------------------------------------------------------------ export
     def onnx_outputs(self):
         return {"logits": {0: "batch"}}
+
+    def read_test(self, path, labels):
+        from domaintune.components.io.labeled import label_ids, read_labeled
+
+        frame = read_labeled(path)
+        frame["label"] = label_ids(frame, labels, path)
+        return frame
+
+    def reference_outputs(self, model, tokenizer, frame, max_length):
+        from domaintune.components.inference.torch_backend import torch_logits
+
+        return torch_logits(model, tokenizer, frame["text"].tolist(), max_length)
+
+    def onnx_outputs_of(self, path, frame):
+        from domaintune.components.inference.onnx_backend import OnnxClassifier
+
+        return OnnxClassifier(path).predict_logits(frame["text"].tolist(), batch_size=32)
+
+    def max_abs_diff(self, a, b):
+        return float(np.abs(np.asarray(a) - np.asarray(b)).max())
+
+    def agreement(self, a, b):
+        return float((np.asarray(a).argmax(axis=-1) == np.asarray(b).argmax(axis=-1)).mean())
 
     def deployable_metrics(self, outputs, frame, labels):
         m = self.score(outputs, frame, labels)
@@ -263,7 +273,7 @@ class Classification(Task):
         out.update({f"f1_{label}": v["f1"] for label, v in metrics["per_class"].items()})
         return out
 
-    def card_context(self, labels, metrics):
+    def card_context(self, labels, metrics, metrics_pytorch=None):
         return {"what": f"Text classification into {len(labels)} classes "
                         f"({', '.join(f'`{lab}`' for lab in labels) or '–'})",
                 "auto_class": "AutoModelForSequenceClassification", "label_kind": "class",
