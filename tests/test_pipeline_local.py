@@ -219,10 +219,16 @@ def test_killed_runner_then_mlflow_killed_at_register_then_a_rerun_registers_exa
     out = tmp_path / "results"
     command = [os.path.join(os.path.dirname(sys.executable), "domaintune"), "run", *TINY_ARGS,
                "--mlflow-tracking-uri", server.uri, "--output", str(out)]
+    runners = []  # every runner started here is killed at the end, whatever failed
+
+    def start():
+        runners.append(subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, start_new_session=True))
+        return runners[-1]
+
     try:
         # 1. the runner is killed while evaluate runs (kfp.local and the task: one process group)
-        proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = start()
         lines = []
         started = stderr_lines(proc, lines, lambda line: "▸ evaluate" in line)
         assert started.wait(600) and proc.poll() is None, "".join(lines[-40:])
@@ -235,8 +241,7 @@ def test_killed_runner_then_mlflow_killed_at_register_then_a_rerun_registers_exa
         assert server.versions("tickets") == []
 
         # 2. the same command; the MLflow server is killed when register starts
-        proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = start()
         lines = []
         at_register = stderr_lines(proc, lines, lambda line: "▸ register" in line)
         assert at_register.wait(600) and proc.poll() is None, "".join(lines[-40:])
@@ -262,4 +267,8 @@ def test_killed_runner_then_mlflow_killed_at_register_then_a_rerun_registers_exa
         assert summary["registry"]["version"] == 1 and summary["registry"]["tracking_uri"] == server.uri
         assert os.stat(out / "model" / "model.safetensors").st_nlink == 1  # a copy, not a link into the cache
     finally:
+        for runner in runners:
+            if runner.poll() is None:
+                os.killpg(runner.pid, signal.SIGKILL)
+                runner.wait(timeout=60)
         server.kill()
