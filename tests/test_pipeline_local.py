@@ -20,6 +20,10 @@ TINY_ARGS = ["--train-data", TINY, "--epochs", "3", "--batch-size", "8", "--lear
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     os.environ["PIP_NO_INDEX"] = "1"  # nothing may be installed or fetched at run time
+    # mlflow.set_tracking_uri() in an earlier test's process also sets these variables, which the runs below
+    # would inherit: each run here must use its working directory's ./mlflow.db
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(key, None)
     return tmp_path_factory.mktemp("pipeline")
 
 
