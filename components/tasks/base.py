@@ -15,7 +15,8 @@ What a task owns, in the order the pipeline asks:
 | export     | `read_test`, `onnx_outputs` (output names and dynamic axes), `reference_outputs` / `onnx_outputs_of` (PyTorch and onnxruntime logits), `max_abs_diff`, `agreement`, `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric` |
 | evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots` |
 | register   | `summary_metrics`, `card_context`, `pyfunc_signature` |
-| predict / serve | `load_predictor`, `format_predictions`, `read_labeled` |
+| predict / pyfunc | `load_predictor`, `format_predictions`, `read_labeled` |
+| serve      | `serving_predictor`, `serving_answers`, `serving_outputs` (defaults below) |
 
 A predictor is what `load_predictor(ref)` returns for a model directory or an ONNX export: it has `labels`
 and `predict(texts)`, whose output only the same task's `score`, `format_predictions` and `bias_checks`
