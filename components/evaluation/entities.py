@@ -23,7 +23,8 @@ def spans(tags: list[str]) -> set[tuple[int, int, str]]:
     return out
 
 
-def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
+def entity_metrics(gold: list[list[str]], pred: list[list[str]], analysis: bool = True) -> dict:
+    """Entity metrics; `analysis` adds the confusion, error kinds and worst sentences (not needed per epoch)."""
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
     from seqeval.scheme import IOB2
 
@@ -43,7 +44,7 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
         "entity_recall_strict": float(recall_score(gold, pred, **strict)),
         "token_accuracy": float(sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p)) / tokens) if tokens else 0.0,
         "per_type": per_type,
-        **error_analysis(gold, pred),
+        **(error_analysis(gold, pred) if analysis else {}),
     }
 
 

@@ -142,21 +142,28 @@ def labels_from_config(model_dir: str) -> list[str]:
 class OnnxClassifier:
     """An ONNX sequence classifier (logits output) with its tokenizer and config saved beside it."""
 
-    def __init__(self, ref: str, max_length: int | None = None, intra_op_threads: int | None = None):
-        from transformers import AutoTokenizer
+    # Length-sorted fixed-size batches; a subclass may cut them otherwise (serving bounds their padding).
+    batches = staticmethod(length_sorted_batches)
 
+    def __init__(self, ref: str, max_length: int | None = None, intra_op_threads: int | None = None):
         self.model_path = os.path.abspath(resolve_model_file(ref))
         self.model_dir = os.path.dirname(self.model_path)
         self.intra_op_threads = intra_op_threads
         self._session = None
         session = self.session  # a file that is no ONNX model is reported as such, before what lies beside it
         self.labels = labels_from_config(self.model_dir)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"{self.model_dir}: no loadable tokenizer beside the ONNX model ({exc})") from None
+        self.tokenizer = self.load_tokenizer()
         self.max_length = max_length or saved_max_length(self.model_dir) or DEFAULT_MAX_LENGTH
         self._check_outputs(session)
+
+    def load_tokenizer(self):
+        """The tokenizer saved beside the model (transformers'; the server reads tokenizer.json without it)."""
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.model_dir)
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"{self.model_dir}: no loadable tokenizer beside the ONNX model ({exc})") from None
 
     @property
     def session(self):
@@ -192,7 +199,7 @@ class OnnxClassifier:
         if not texts:
             return out
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        for idx in length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size):
+        for idx in self.batches([len(x) for x in enc["input_ids"]], batch_size):
             batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="np")
             out[idx] = self.run(batch)
         return out

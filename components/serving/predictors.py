@@ -12,9 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from domaintune.components.inference.batching import saved_max_length
-from domaintune.components.inference.onnx_backend import (DEFAULT_MAX_LENGTH, OnnxClassifier, labels_from_config,
-                                                            open_session, resolve_model_file)
+from domaintune.components.inference.onnx_backend import OnnxClassifier, open_session
 from domaintune.components.serving.tokenizer import JsonTokenizer
 
 MAX_PADDING = 0.25
@@ -45,27 +43,13 @@ def padded_batches(lengths: Sequence[int], batch_size: int, max_padding: float =
 class ServingOnnxClassifier(OnnxClassifier):
     """OnnxClassifier (same files, session, labels and outputs) with the tokenizer read by `tokenizers`."""
 
-    def __init__(self, ref: str, intra_op_threads: int | None = None, max_length: int | None = None):
-        self.model_path = os.path.abspath(resolve_model_file(ref))
-        self.model_dir = os.path.dirname(self.model_path)
-        self.intra_op_threads = intra_op_threads
-        self._session = None
-        session = self.session
-        self.labels = labels_from_config(self.model_dir)
-        self.tokenizer = JsonTokenizer(self.model_dir)
-        self.max_length = max_length or saved_max_length(self.model_dir) or DEFAULT_MAX_LENGTH
-        self._check_outputs(session)
+    batches = staticmethod(padded_batches)
 
-    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """OnnxClassifier's, with padding-bounded batches (`padded_batches`) instead of fixed-size ones."""
-        texts = [str(t) for t in texts]
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        if not texts:
-            return out
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        for idx in padded_batches([len(x) for x in enc["input_ids"]], batch_size):
-            out[idx] = self.run(self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="np"))
-        return out
+    def __init__(self, ref: str, intra_op_threads: int | None = None, max_length: int | None = None):
+        super().__init__(ref, max_length=max_length, intra_op_threads=intra_op_threads)
+
+    def load_tokenizer(self):
+        return JsonTokenizer(self.model_dir)
 
     @property
     def session(self):

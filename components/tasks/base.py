@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Sequence
 
 import pandas as pd
 
+from domaintune.components.core.errors import BadInput
+
 
 class Task(ABC):
     name: ClassVar[str]
@@ -85,9 +87,18 @@ class Task(ABC):
         """Columns of the tokenized dataset (input ids, attention mask, `labels`, `length`) and statistics."""
 
     # --------------------------------------------------------------------------------------- training
-    @abstractmethod
+    #: what the error says a base model could not be loaded as ("a classifier", "a tagger")
+    model_kind: ClassVar[str] = "a model of this task"
+
     def build_model(self, model_dir: str, labels: list[str]):
-        """A Hugging Face model of the task's head on the base encoder in `model_dir`."""
+        """The task's head (`auto_model_class`) on the base encoder in `model_dir`, labelled with `labels`."""
+        id2label = dict(enumerate(labels))
+        try:
+            return self.auto_model_class().from_pretrained(
+                model_dir, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"--base-model {model_dir}: cannot load as {self.model_kind} "
+                           f"({str(exc).splitlines()[0]})") from None
 
     @abstractmethod
     def auto_model_class(self):

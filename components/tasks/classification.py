@@ -49,6 +49,7 @@ class Classification(ClassificationServing):
     primary_metric = "macro_f1"
     quality_metric = "accuracy"
     description = "text classification"
+    model_kind = "a classifier"
     lora_task_type = "SEQ_CLS"
 
     # ------------------------------------------------------------------------------------------- data
@@ -139,14 +140,6 @@ class Classification(ClassificationServing):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification
-
-    def build_model(self, model_dir, labels):
-        id2label = dict(enumerate(labels))
-        try:
-            return self.auto_model_class().from_pretrained(
-                model_dir, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()})
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"--base-model {model_dir}: cannot load as a classifier ({str(exc).splitlines()[0]})") from None
 
     def lora_modules_to_save(self, model):
         # The pooler is trained in full with the head where the model has one: BERT's classifier reads the

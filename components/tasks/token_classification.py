@@ -9,6 +9,7 @@ data has `-DOCSTART-` markers. Predictor outputs for a frame are word-level logi
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ class TokenClassification(Task):
     primary_metric = "entity_f1"
     quality_metric = "entity_f1"
     description = "named-entity tagging"
+    model_kind = "a tagger"
     lora_task_type = "TOKEN_CLS"
 
     # ------------------------------------------------------------------------------------------- data
@@ -134,14 +136,6 @@ class TokenClassification(Task):
 
         return AutoModelForTokenClassification
 
-    def build_model(self, model_dir, labels):
-        id2label = dict(enumerate(labels))
-        try:
-            return self.auto_model_class().from_pretrained(
-                model_dir, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()})
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"--base-model {model_dir}: cannot load as a tagger ({str(exc).splitlines()[0]})") from None
-
     def lora_modules_to_save(self, model):
         return ["classifier"]
 
@@ -161,7 +155,7 @@ class TokenClassification(Task):
             keep = l_row != -100
             gold.append([names[i] for i in l_row[keep]])
             pred.append([names[i] for i in p_row[keep]])
-        m = entity_metrics(gold, pred)
+        m = entity_metrics(gold, pred, analysis=False)
         return {k: m[k] for k in ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")}
 
     # --------------------------------------------------------------------------------------- inference
@@ -186,7 +180,7 @@ class TokenClassification(Task):
 
         frame, _ = read_tagged(path, "", text_column, label_column)
         rows, _ = self.read_rows(frame, path, None)
-        self.check_heldout(rows, labels, path, type("P", (), {"train_data": "the model"})())
+        self.check_heldout(rows, labels, path, SimpleNamespace(train_data="the model's training data"))
         return self.to_split_frame(rows, labels)
 
     def score(self, outputs, frame, labels):

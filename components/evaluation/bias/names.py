@@ -92,7 +92,8 @@ def score_axis(tagger, pairs: list[dict], source_of: list[str]) -> dict:
 
 def name_swap_probe(tagger, frame, seed: int = 0, min_pairs: int = MIN_PAIRS) -> dict:
     rng = random.Random(seed)
-    slots = person_slots(frame)
+    found = person_slots(frame)
+    slots = list(found)
     rng.shuffle(slots)
     slots = slots[:MAX_SENTENCES]
     templates = [(t.replace("{name}", "NAME").split(), None) for t in TEMPLATES]
@@ -112,7 +113,7 @@ def name_swap_probe(tagger, frame, seed: int = 0, min_pairs: int = MIN_PAIRS) ->
     pooled = sum((v["flip_rate"] or 0) * v["n_pairs"] for v in axes.values()) / n_pairs if n_pairs else None
     return {"probe": "person_name_swap", "flip_rate": pooled, "n_pairs": n_pairs, "min_pairs": min_pairs,
             "max_axis_flip_rate": gated[worst]["flip_rate"] if worst else None, "worst_axis": worst,
-            "n_texts": len(frame), "n_texts_with_terms": len(person_slots(frame)), "axes": axes,
+            "n_texts": len(frame), "n_texts_with_terms": len(found), "axes": axes,
             "worst_examples": [e for v in axes.values() for e in v["worst_examples"]][:N_WORST]}
 
 
