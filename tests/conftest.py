@@ -12,6 +12,16 @@ TINY = os.path.join(HERE, "fixtures", "tiny.csv")
 SHARED_DATA = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "data"))
 
 
+def use_mlflow_store(uri):
+    """Point this process's MLflow at one store for tracking *and* registry: an earlier test's
+    registry.client() (or a fixture restoring it) pins the registry URI process-wide, and set_tracking_uri
+    alone would leave `models:/` lookups reading that other store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def shared_data(*parts):
     """Path under ../shared/data, or skip: a user's clone has no ../shared."""
     path = os.path.join(SHARED_DATA, *parts)

@@ -4,7 +4,7 @@ import os
 import sqlite3
 
 import pytest
-from conftest import TINY
+from conftest import TINY, use_mlflow_store
 from test_cli import cli, one_clear_line
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def test_first_run_registers_a_challenger(workdir):
     # the registered model serves through MLflow's pyfunc flavor
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    use_mlflow_store(f"sqlite:///{workdir / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/tickets@challenger")
     import pandas as pd
 
@@ -189,7 +189,7 @@ def test_a_tagger_runs_the_whole_chain_and_serves_entities(workdir):
     import mlflow
     import pandas as pd
 
-    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    use_mlflow_store(f"sqlite:///{workdir / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/tagger@challenger")
     [answer] = model.predict(pd.DataFrame({"text": ["Peter Blackburn flew to Paris ."]}))["entities"]
     assert all({"entity_group", "score", "word", "start", "end"} <= set(e) for e in json.loads(answer))

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import asdict
 
 import pytest
-from conftest import TINY, ingest_params, pipeline_defaults
+from conftest import TINY, ingest_params, pipeline_defaults, use_mlflow_store
 from test_cli import cli, one_clear_line
 
 from domaintune.pipelines.cli import main
@@ -324,7 +324,7 @@ def test_register_records_everything_and_serves_onnx(outputs, store, tmp_path):
     card = mlflow.artifacts.load_text(f"runs:/{summary['registry']['run_id']}/model_card.md")
     assert card.startswith("# full v1") and "Not exported" not in card and "Deployable" in card
 
-    mlflow.set_tracking_uri(store["uri"])
+    use_mlflow_store(store["uri"])
     model = mlflow.pyfunc.load_model("models:/full@challenger")
     assert isinstance(model.unwrap_python_model().predictor, OnnxClassifier)
     pred = model.predict(pd.DataFrame({"text": ["I was charged twice", "my parcel is lost"]}))
