@@ -12,7 +12,7 @@ from domaintune.components.core.errors import BadInput, DomaintuneError
 COMMANDS = {
     "run": "run the whole pipeline locally through kfp.local (the embedded default with no arguments)",
     "evaluate": "score a model (directory, ONNX file or models:/ URI) on a labeled file",
-    "predict": "predict labels for texts or a file",
+    "predict": "predict labels, entities or summaries for texts or a file",
     "compile": "write the pipeline YAML for the KFP UI",
     "submit": "upload (or version) the pipeline on a KFP cluster and start a run",
     "schedule": "create a recurring retraining run on a KFP cluster (max one at a time, no catch-up)",
@@ -71,6 +71,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--aggregation", choices=("first", "average", "max"), default="first",
                     help="taggers: how a word's sub-tokens decide its entity tag (as transformers' pipeline)")
+    pr.add_argument("--max-new-tokens", type=int, help="summarizers: most tokens per summary (default: the model's)")
+    pr.add_argument("--num-beams", type=int, help="summarizers: beam search width (PyTorch model; default 1, greedy)")
     pr.add_argument("--json", help="write predictions as JSON here")
     pr.add_argument("--tracking-uri", default="", help="MLflow tracking URI for models:/ references "
                     "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")
@@ -203,8 +205,11 @@ def cmd_predict(args) -> int:
         raise BadInput(f"--batch-size must be a positive integer (got {args.batch_size})")
     with tempfile.TemporaryDirectory() as scratch:
         task, model = _load_model(args.model, scratch, args.tracking_uri)
-        if hasattr(model, "aggregation"):
-            model.aggregation = args.aggregation
+        for name in ("aggregation", "max_new_tokens", "num_beams"):  # the task options this predictor has
+            if name != "aggregation" and (value := getattr(args, name)) is not None and value <= 0:
+                raise BadInput(f"--{name.replace('_', '-')} must be a positive integer (got {value})")
+            if hasattr(model, name) and getattr(args, name) is not None:
+                setattr(model, name, getattr(args, name))
         texts = args.text if args.text else _read_texts(args)
         outputs = _predict_in_chunks(model, texts, args.batch_size, show=not args.text)
     results = task.format_predictions(model, outputs, texts)

@@ -60,6 +60,7 @@ def training_pipeline(
     task: str = I.task,
     text_column: str = I.text_column,
     label_column: str = I.label_column,
+    target_column: str = I.target_column,
     slice_columns: str = E.slice_columns,
     validation_fraction: float = I.validation_fraction,
     test_fraction: float = I.test_fraction,
@@ -68,6 +69,7 @@ def training_pipeline(
     s3_endpoint_url: str = I.s3_endpoint_url,
     base_model: str = T.base_model,
     max_length: int = T.max_length,
+    max_target_length: int = T.max_target_length,
     domain_corpus: str = P.domain_corpus,
     pretrain_on_train_text: bool = P.pretrain_on_train_text,
     corpus_text_column: str = P.corpus_text_column,
@@ -97,6 +99,8 @@ def training_pipeline(
     max_flip_rate: float = E.max_flip_rate,
     flip_min_prob_change: float = E.flip_min_prob_change,
     max_slice_gap: float = E.max_slice_gap,
+    min_lead_margin: float = E.min_lead_margin,
+    max_unsupported_number_rate: float = E.max_unsupported_number_rate,
     max_int8_drop: float = X.max_int8_drop,
     max_parity_diff: float = X.max_parity_diff,
     int8_per_channel: bool = X.int8_per_channel,
@@ -115,9 +119,10 @@ def training_pipeline(
         train_data: Labeled training data: CSV, TSV, JSONL or Parquet; a local path or s3:// URI. Empty: the bundled sample (support tickets).
         validation_data: Optional validation file; when empty, a stratified share of train_data.
         test_data: Optional test file; when empty, a stratified share of train_data.
-        task: What the model learns: classification (one label per text) or token-classification (a tag per word: named entities; CoNLL, tokens+tags or text+spans data).
+        task: What the model learns: classification (one label per text), token-classification (a tag per word: named entities; CoNLL, tokens+tags or text+spans data) or seq2seq (a generated target per text: summaries, headlines; text_column -> target_column).
         text_column: Name of the text column.
         label_column: Name of the label column (strings or integers).
+        target_column: Seq2seq: name of the target (summary) column.
         slice_columns: Comma-separated data columns to compute per-slice metrics on (e.g. region,channel).
         validation_fraction: Share of train_data held out for validation when no validation file is given.
         test_fraction: Share of train_data held out for test when no test file is given.
@@ -126,6 +131,7 @@ def training_pipeline(
         s3_endpoint_url: S3 endpoint for s3:// inputs (e.g. MinIO); empty uses AWS_ENDPOINT_URL or AWS.
         base_model: Base model: a local Hugging Face directory, s3:// prefix, the packaged all-MiniLM-L6-v2, or a hub id where a network exists.
         max_length: Maximum tokens per text; longer texts are truncated (and counted in the token stats).
+        max_target_length: Seq2seq: maximum tokens per target (longer ones are truncated and counted) and per generated summary.
         domain_corpus: Unlabeled domain text for masked-LM pretraining before fine-tuning (DAPT): a text file (one document per line), or CSV/JSONL with corpus_text_column; local or s3://. Empty: no DAPT.
         pretrain_on_train_text: Masked-LM pretraining on the training split's own texts (TAPT), when no domain_corpus is given.
         corpus_text_column: Text column of a CSV/JSONL domain corpus.
@@ -155,6 +161,8 @@ def training_pipeline(
         max_flip_rate: Gate: the largest share of predictions that flip when identity terms are swapped.
         flip_min_prob_change: A label change under an identity swap counts as a flip only if the predicted class's probability also moves by at least this (0: every label change counts).
         max_slice_gap: Gate: the largest accuracy/macro-F1 gap between data slices (slices of at least min_slice_size rows).
+        min_lead_margin: Gate (seq2seq): the deployable's test ROUGE-L minus the lead-N baseline's must reach this (in [-1, 1]).
+        max_unsupported_number_rate: Gate (seq2seq): the largest share of summaries that state a number their source does not contain.
         max_int8_drop: Export: the int8 ONNX ships only if it loses at most this much of the task's quality metric on the test split (accuracy for classification); else the fp32 ONNX ships.
         max_parity_diff: Export: the largest allowed absolute logit difference between ONNX fp32 and PyTorch on test inputs.
         int8_per_channel: Export: per-channel int8 weight quantization.

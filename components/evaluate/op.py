@@ -25,6 +25,8 @@ def evaluate_op(
     max_regression: float,
     max_flip_rate: float,
     max_slice_gap: float,
+    min_lead_margin: float,
+    max_unsupported_number_rate: float,
     slice_columns: str,
     min_slice_size: int,
     identity_terms: str,

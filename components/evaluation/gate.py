@@ -54,8 +54,20 @@ class Thresholds:
     # slices almost never. 0.15 is also about the four-fifths rule at accuracy 0.75 (0.75 vs 0.60). Lower
     # it together with a larger --min-slice-size.
     max_slice_gap: float = 0.15
+    # Summarization (seq2seq; the task's own checks, tasks/seq2seq.py): how much ROUGE-L the deployable must
+    # add over the lead-N extractive baseline on the same rows (in [-1, 1]: negative lets it trail lead by at
+    # most that; 0 means "at least as good as copying the first sentence", which a model that learned
+    # nothing about the targets fails), and the ceiling on the share of summaries stating a number their
+    # source does not contain (a wrong amount, date or order number in a one-line summary is the costly
+    # hallucination; 0.05 tolerates the odd tokenisation artefact).
+    min_lead_margin: float = 0.0
+    max_unsupported_number_rate: float = 0.05
+
     def __post_init__(self):
-        for name in ("min_macro_f1", "max_regression", "max_flip_rate", "max_slice_gap"):
+        margin = self.min_lead_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or math.isnan(margin) or not -1 <= margin <= 1:
+            raise BadInput(f"--min-lead-margin must be a number in [-1, 1] (got {margin!r})")
+        for name in ("min_macro_f1", "max_regression", "max_flip_rate", "max_slice_gap", "max_unsupported_number_rate"):
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
@@ -168,13 +180,14 @@ def export_check(export: dict, notes: list[str]) -> dict:
 
 
 def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds: Thresholds,
-           metric: str = "macro_f1", export: dict | None = None) -> dict:
+           metric: str = "macro_f1", export: dict | None = None, task_checks: list[dict] | None = None) -> dict:
     """Bless or reject a candidate (rules 1-4 above).
 
     candidate: at least {metric}, measured on the deployable. champion: None when there is no champion yet;
     else at least {metric} measured on the same test split in this run (other keys, e.g. "version", are
     carried into the result). bias: {"counterfactual": probe result | None, "slices": slice result | None}.
     export: the export report ({"deployable", "int8_quality_drop", "max_int8_drop"}), None when not exported.
+    task_checks: the task's own checks (`Task.gate_checks`, e.g. a summarizer's margin over lead-N), blocking.
 
     Choices, each tested:
     - no champion: the regression check passes and beats_champion is True (the first blessed model may
@@ -197,6 +210,7 @@ def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds
     regression, beats, champ_summary = regression_check(f1, champion, thresholds, metric, notes)
     checks = [quality_check(candidate.get(metric), thresholds, metric), regression,
               flip_check(bias.get("counterfactual"), thresholds, notes), slice_check(bias.get("slices"), thresholds, notes)]
+    checks += list(task_checks or [])
     if export:
         checks.append(export_check(export, notes))
     reasons = [_reason(c) for c in checks if c["blocking"] and not c["passed"]]

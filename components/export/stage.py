@@ -96,8 +96,13 @@ class Laps:
 
 
 def check_parity(task, reference, ort_fp32, test, max_parity_diff: float, raw_path: str | None) -> float:
-    """Max |logit| difference ORT fp32 vs PyTorch fp32; over the threshold the export is broken (exit 1)."""
+    """Max |logit| difference ORT fp32 vs PyTorch fp32, and their agreement (labels, tags, generated tokens)
+    against the task's floor; over the threshold or under the floor the export is broken (exit 1)."""
     parity = task.max_abs_diff(ort_fp32, reference)
+    agreement = task.agreement(ort_fp32, reference)
+    if agreement < task.min_parity_agreement:
+        raise ExportParityError(f"ONNX fp32 and PyTorch agree on {agreement:.4f} of {len(test)} test inputs "
+                                f"(at least {task.min_parity_agreement} needed; max logit difference {parity:.3g})")
     if np.isfinite(parity) and parity <= max_parity_diff:
         return parity
     detail = ""
@@ -145,7 +150,7 @@ def build_onnx(tmp: str, model_dir: str, task, model, tokenizer, test, max_lengt
     files, the logits of the three backends and what each step recorded."""
     fp32_path, int8_path = os.path.join(tmp, FP32_FILE), os.path.join(tmp, INT8_FILE)
     raw_path = os.path.join(tmp, "model.raw.onnx")
-    inputs = export_onnx(model_dir, raw_path if optimize else fp32_path, task.onnx_outputs())
+    inputs = task.export_graph(model_dir, raw_path if optimize else fp32_path)
     lap("export")
     optimization = optimize_onnx(raw_path, fp32_path, model.config) if optimize else None
     if optimize:
@@ -158,7 +163,7 @@ def build_onnx(tmp: str, model_dir: str, task, model, tokenizer, test, max_lengt
     lap("parity")
     if optimize:
         os.remove(raw_path)
-    quantization = quantize_onnx(fp32_path, int8_path, per_channel=p.int8_per_channel, reduce_range=p.int8_reduce_range)
+    quantization = task.quantize_graph(fp32_path, int8_path, p.int8_per_channel, p.int8_reduce_range)
     lap("quantize")
     ort_int8 = task.onnx_outputs_of(int8_path, test)
     lap("int8_eval")
@@ -170,17 +175,18 @@ def build_onnx(tmp: str, model_dir: str, task, model, tokenizer, test, max_lengt
 def parity_report(task, built: dict, p: ExportParams) -> dict:
     reference, ort_int8 = built["logits"]["pytorch_fp32"], built["logits"]["onnx_int8"]
     return {"max_abs_logit_diff": built["parity"], "threshold": p.max_parity_diff, "n": len(reference),
+            "fp32_agreement": task.agreement(built["logits"]["onnx_fp32"], reference),
             "int8_max_abs_logit_diff": task.max_abs_diff(ort_int8, reference),
             "int8_label_agreement": task.agreement(ort_int8, reference)}
 
 
-def latency_probe(model, tokenizer, built: dict, texts, max_length: int, runs: int, typical_tokens, warmup: int):
-    """A short side-by-side latency probe at batch 1 x typical length and 32 x max_length (0 runs: none)."""
+def latency_probe(task, model, tokenizer, built: dict, texts, max_length: int, runs: int, typical_tokens,
+                  warmup: int):
+    """A short side-by-side latency probe, the task's (0 runs: none)."""
     if not runs:
         return None
-    typical = typical_tokens or typical_length(tokenizer, texts, max_length)
-    return measure_latencies(model, tokenizer, {"onnx_fp32": built["fp32_path"], "onnx_int8": built["int8_path"]},
-                             texts, shapes=[(1, min(typical, max_length)), (32, max_length)], runs=runs, warmup=warmup)
+    return task.latency(model, tokenizer, {"onnx_fp32": built["fp32_path"], "onnx_int8": built["int8_path"]},
+                        texts, max_length, runs, warmup, typical_tokens)
 
 
 def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams | None = None, *,
@@ -205,7 +211,7 @@ def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams 
     non_negative("latency-warmup", latency_warmup, kind=int)
     task, lap = task_of(model_dir), Laps()
     model, tokenizer = load_torch_model(model_dir)
-    labels = model_labels(model)
+    labels = task.model_labels(model)
     test = task.read_test(test_data, labels)
     texts = test["text"].tolist()
     lap("load")
@@ -214,9 +220,10 @@ def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams 
         built = build_onnx(tmp, model_dir, task, model, tokenizer, test, max_length, labels, p, optimize, lap)
         metrics = {name: task.deployable_metrics(logits, test, labels) for name, logits in built["logits"].items()}
         deployable, drop, reason = choose_deployable(task, metrics, p.max_int8_drop)
-        sizes = {"onnx_fp32_mb": _size_mb(built["fp32_path"]), "onnx_int8_mb": _size_mb(built["int8_path"])}
+        sizes = {"onnx_fp32_mb": sum(_size_mb(f) for f in task.onnx_files(built["fp32_path"])),
+                 "onnx_int8_mb": sum(_size_mb(f) for f in task.onnx_files(built["int8_path"]))}
         sizes["int8_over_fp32"] = round(sizes["onnx_int8_mb"] / sizes["onnx_fp32_mb"], 3)
-        latency = latency_probe(model, tokenizer, built, texts, max_length, p.export_latency_runs, typical_tokens,
+        latency = latency_probe(task, model, tokenizer, built, texts, max_length, p.export_latency_runs, typical_tokens,
                                 latency_warmup)
         if latency:
             lap("latency")

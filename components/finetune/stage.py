@@ -13,7 +13,6 @@ evaluation of the best model after training (its metrics are in the log).
 """
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import sys
@@ -111,12 +110,16 @@ def prepare_model(task, model_dir: str, labels: list[str], p: FinetuneParams) ->
                    "cheap_cpu_dropout_modules": cheap_dropout}
 
 
-def training_arguments(task, p: FinetuneParams, checkpoints: str, precision: str, train_size: int):
+def training_arguments(task, p: FinetuneParams, checkpoints: str, precision: str, train_size: int,
+                       setup: dict | None = None):
+    """The TrainingArguments (or the task's arguments class, with the task's extra options: `training_setup`)."""
     import torch
     from transformers import TrainingArguments
 
+    setup = setup or {}
     steps_per_epoch = max(1, -(-train_size // p.batch_size))
-    return TrainingArguments(
+    return setup.get("arguments", TrainingArguments)(
+        **setup.get("options", {}),
         output_dir=checkpoints,
         num_train_epochs=p.epochs,
         learning_rate=p.learning_rate,
@@ -197,14 +200,18 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     validation = load_from_disk(os.path.join(tokens_dir, "validation"))
     labels = storage.read_json(os.path.join(tokens_dir, LABEL_MAP))["labels"]
     tokenizer = load_tokenizer(os.path.join(tokens_dir, "tokenizer"))
-    max_length = storage.read_json(os.path.join(tokens_dir, "token_stats.json"))["max_length"]
+    token_stats = storage.read_json(os.path.join(tokens_dir, "token_stats.json"))
+    max_length = token_stats["max_length"]
     model, model_info = prepare_model(task, model_dir, labels, p)
     precision = pick_precision(p.precision)
+    setup = task.training_setup(model, tokenizer, token_stats)
+    if setup.get("validation_rows") and len(validation) > setup["validation_rows"]:  # bounded per-epoch cost
+        validation = validation.shuffle(seed=p.seed).select(range(setup["validation_rows"]))
 
-    trainer = timed_trainer_class()(
-        model=model, args=training_arguments(task, p, checkpoints, precision, len(train)),
+    trainer = timed_trainer_class(setup.get("trainer"))(
+        model=model, args=training_arguments(task, p, checkpoints, precision, len(train), setup),
         train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
-        data_collator=task.collator(tokenizer), compute_metrics=functools.partial(task.compute_metrics, labels=labels),
+        data_collator=task.collator(tokenizer), compute_metrics=task.metric_function(labels, tokenizer),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience),
                    progress_callback("finetune")],
     )

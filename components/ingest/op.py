@@ -13,6 +13,7 @@ def ingest_op(
     task: str,
     text_column: str,
     label_column: str,
+    target_column: str,
     slice_columns: str,
     validation_fraction: float,
     test_fraction: float,

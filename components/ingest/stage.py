@@ -26,6 +26,7 @@ class IngestParams:
     task: str = DEFAULT_TASK
     text_column: str = "text"
     label_column: str = "label"
+    target_column: str = "summary"  # seq2seq: the target text of each source
     slice_columns: str = ""
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -43,6 +44,7 @@ class IngestParams:
                 "--validation-fraction plus --test-fraction must leave rows for training")
         require(bool(self.text_column), "--text-column must not be empty")
         require(bool(self.label_column), "--label-column must not be empty")
+        require(bool(self.target_column), "--target-column must not be empty")
 
     @property
     def slice_column_list(self) -> list[str]:

@@ -11,9 +11,11 @@ import os
 from domaintune.components.core.errors import BadInput
 from domaintune.components.tasks.base import Task
 from domaintune.components.tasks.classification import Classification
+from domaintune.components.tasks.seq2seq import Seq2Seq
 from domaintune.components.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, type[Task]] = {Classification.name: Classification, TokenClassification.name: TokenClassification}
+TASKS: dict[str, type[Task]] = {Classification.name: Classification, TokenClassification.name: TokenClassification,
+                                Seq2Seq.name: Seq2Seq}
 DEFAULT_TASK = Classification.name
 # The files that carry the task name: label_map.json (splits, tokens), domaintune.json (model, ONNX export).
 TASK_FILES = ("domaintune.json", "label_map.json")

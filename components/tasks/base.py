@@ -10,10 +10,10 @@ What a task owns, in the order the pipeline asks:
 | stage      | asks the task for |
 |------------|-------------------|
 | ingest     | `read_file`, `read_rows` (validate and normalise one file), `duplicates`, `label_space`, `check_heldout`, `split`, `carve`, `to_split_frame`, `data_report` |
-| tokenize   | `encode` (token ids plus aligned labels) |
-| finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `compute_metrics`, `primary_metric` |
-| export     | `read_test`, `onnx_outputs` (output names and dynamic axes), `reference_outputs` / `onnx_outputs_of` (PyTorch and onnxruntime logits), `max_abs_diff`, `agreement`, `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric` |
-| evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots` |
+| tokenize   | `encode` (token ids plus aligned labels; `max_target_length` for generated targets) |
+| finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `training_setup` (Trainer and arguments classes, extra arguments, a validation sample), `metric_function` (default: `compute_metrics`), `primary_metric` |
+| export     | `read_test`, `model_labels`, `export_graph` / `quantize_graph` / `onnx_files` (defaults: one graph), `onnx_outputs` (output names and dynamic axes), `reference_outputs` / `onnx_outputs_of` (PyTorch and onnxruntime outputs), `max_abs_diff`, `agreement` (and its floor `min_parity_agreement`), `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric`, `latency` |
+| evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots`, `gate_checks` (the task's own gate rules; default none) |
 | register   | `summary_metrics`, `card_context`, `pyfunc_signature` |
 | predict / pyfunc | `load_predictor`, `format_predictions`, `read_labeled` |
 | serve      | `serving_predictor`, `serving_answers`, `serving_outputs` (defaults below) |
@@ -83,8 +83,10 @@ class Task(ABC):
 
     # --------------------------------------------------------------------------------------- encoding
     @abstractmethod
-    def encode(self, tokenizer, frame: pd.DataFrame, max_length: int) -> tuple[dict[str, list], dict]:
-        """Columns of the tokenized dataset (input ids, attention mask, `labels`, `length`) and statistics."""
+    def encode(self, tokenizer, frame: pd.DataFrame, max_length: int,
+               max_target_length: int | None = None) -> tuple[dict[str, list], dict]:
+        """Columns of the tokenized dataset (input ids, attention mask, `labels`, `length`) and statistics.
+        `max_target_length` bounds generated targets (seq2seq); tasks that predict per input ignore it."""
 
     # --------------------------------------------------------------------------------------- training
     #: what the error says a base model could not be loaded as ("a classifier", "a tagger")
@@ -117,6 +119,20 @@ class Task(ABC):
     @abstractmethod
     def compute_metrics(self, eval_pred, labels: list[str]) -> dict:
         """Validation metrics for the Trainer (bind `labels` with functools.partial); has `primary_metric`."""
+
+    def metric_function(self, labels: list[str], tokenizer):
+        """The Trainer's `compute_metrics`: `compute_metrics` with the labels bound (a generating task decodes
+        with the tokenizer)."""
+        import functools
+
+        return functools.partial(self.compute_metrics, labels=labels)
+
+    def training_setup(self, model, tokenizer, token_stats: dict) -> dict:
+        """How finetune trains this task: the Trainer class, its arguments class, extra arguments for it, and
+        `validation_rows` (a seeded sample of the validation split evaluated per epoch; None: all of it)."""
+        from transformers import Trainer, TrainingArguments
+
+        return {"trainer": Trainer, "arguments": TrainingArguments, "options": {}, "validation_rows": None}
 
     # --------------------------------------------------------------------------------------- inference
     @abstractmethod
@@ -176,7 +192,44 @@ class Task(ABC):
         """Figures for the evaluation directory; returns their file names."""
         return []
 
+    def gate_checks(self, metrics: dict, thresholds) -> list[dict]:
+        """Gate checks of this task beyond rules 1-4 (evaluation/gate.py `_check` rows); blocking when failed."""
+        return []
+
     # ------------------------------------------------------------------------------------------ export
+    #: the least share of test inputs on which ONNX fp32 and PyTorch must agree (labels, tags, generated tokens)
+    min_parity_agreement: ClassVar[float] = 0.0
+
+    def export_graph(self, model_dir: str, path: str) -> list[str]:
+        """Write the fp32 ONNX deployable at `path`; returns the input names. Default: one graph (onnx_build)."""
+        from domaintune.components.export.onnx_build import export_onnx
+
+        return export_onnx(model_dir, path, self.onnx_outputs())
+
+    def quantize_graph(self, src: str, dst: str, per_channel: bool, reduce_range: bool) -> dict:
+        from domaintune.components.export.onnx_build import quantize_onnx
+
+        return quantize_onnx(src, dst, per_channel=per_channel, reduce_range=reduce_range)
+
+    def onnx_files(self, path: str) -> list[str]:
+        """The files of the ONNX deployable whose main file is `path` (sizes)."""
+        return [path]
+
+    def model_labels(self, model) -> list[str]:
+        from domaintune.components.export.onnx_build import model_labels
+
+        return model_labels(model)
+
+    def latency(self, model, tokenizer, files: dict, texts, max_length: int, runs: int, warmup: int,
+                typical_tokens: int | None = None) -> dict:
+        """Side-by-side latency of PyTorch and the ONNX `files` ({name: path}): batch 1 x typical length and
+        32 x max_length forward passes."""
+        from domaintune.components.export.latency import measure_latencies, typical_length
+
+        typical = typical_tokens or typical_length(tokenizer, texts, max_length)
+        return measure_latencies(model, tokenizer, files, texts, shapes=[(1, min(typical, max_length)), (32, max_length)],
+                                 runs=runs, warmup=warmup)
+
     @abstractmethod
     def onnx_outputs(self) -> dict[str, dict[int, str]]:
         """ONNX output names and their dynamic axes (inputs are always batch x sequence)."""

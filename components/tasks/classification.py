@@ -121,7 +121,7 @@ class Classification(ClassificationServing):
         return report
 
     # --------------------------------------------------------------------------------------- encoding
-    def encode(self, tokenizer, frame, max_length):
+    def encode(self, tokenizer, frame, max_length, max_target_length=None):
         texts = frame["text"].tolist()
         full = tokenizer(texts)["input_ids"]
         lengths = np.fromiter((len(x) for x in full), dtype=np.int64, count=len(full))

@@ -104,7 +104,7 @@ class TokenClassification(Task):
                             for n in ("validation", "test")}}
 
     # --------------------------------------------------------------------------------------- encoding
-    def encode(self, tokenizer, frame, max_length):
+    def encode(self, tokenizer, frame, max_length, max_target_length=None):
         """Label alignment through word_ids: special tokens and later sub-tokens -100, a word's first sub-token its tag."""
         from domaintune.components.evaluation.entities import spans
 

@@ -10,6 +10,7 @@ def tokenize_op(
     splits: Input[Dataset],
     base_model: str,
     max_length: int,
+    max_target_length: int,
     s3_endpoint_url: str,
     tokens: Output[Dataset],
 ):

@@ -20,10 +20,13 @@ from domaintune.components.tasks import task_of
 class TokenizeParams:
     base_model: str = "all-MiniLM-L6-v2"
     max_length: int = 128
+    max_target_length: int = 64  # seq2seq: targets (summaries) are truncated to this many tokens, and generation
+    # stops after as many new tokens
     s3_endpoint_url: str = ""
 
     def __post_init__(self):
         positive("max-length", self.max_length)
+        positive("max-target-length", self.max_target_length)
 
 
 def run_tokenize(splits_dir: str, model_dir: str, output_dir: str, p: TokenizeParams) -> dict:
@@ -38,7 +41,8 @@ def run_tokenize(splits_dir: str, model_dir: str, output_dir: str, p: TokenizePa
     stats = {"params": asdict(p), "task": task.name, "max_length": p.max_length, "splits": {}}
     with storage.atomic_dir(output_dir) as tmp:
         for name in SPLITS:
-            columns, stats["splits"][name] = task.encode(tokenizer, read_split(splits_dir, name), p.max_length)
+            columns, stats["splits"][name] = task.encode(tokenizer, read_split(splits_dir, name), p.max_length,
+                                                          max_target_length=p.max_target_length)
             Dataset.from_dict(columns).save_to_disk(os.path.join(tmp, name))
         shutil.copy(os.path.join(splits_dir, LABEL_MAP), tmp)
         tokenizer.model_max_length = p.max_length

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 
-def timed_trainer_class():
-    """The Trainer, plus where its time goes: evaluation and checkpoint time inside `train()` (so the
+def timed_trainer_class(base=None):
+    """The Trainer (or `base`, a subclass such as Seq2SeqTrainer), plus where its time goes: evaluation and checkpoint time inside `train()` (so the
     history can give the pure training throughput beside the stage's), and the real and padded tokens
     of the training batches (padding efficiency, FLOP counts for bench/mfu.py)."""
     from transformers import Trainer
 
-    class TimedTrainer(Trainer):
+    class TimedTrainer(base or Trainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.timing = {"eval_seconds": 0.0, "checkpoint_seconds": 0.0, "eval_cpu_seconds": 0.0,
