@@ -39,7 +39,7 @@ def test_pairs_split_on_the_source_and_report_lengths(tmp_path):
     assert sum(report["rows"].values()) == 83 and report["labels"] == [] and report["split_by"] == "source text"
     holding = [n for n, df in splits.items() if rows[0]["text"] in set(df["text"])]
     assert len(holding) == 1 and (splits[holding[0]]["text"] == rows[0]["text"]).sum() == 4
-    assert all(v["identical_sources"] == 0 for v in report["leakage"].values())
+    assert all(v["identical_texts"] == 0 for v in report["leakage"].values())
     length = report["length"]["train"]
     assert length["source_words_mean"] > length["target_words_mean"] and length["compression_ratio_mean"] > 1
     assert list(splits["test"].columns) == ["text", "summary"]
@@ -116,6 +116,24 @@ def test_gate_blocks_on_lead_margin_and_unsupported_numbers():
     assert decide(metrics, None, None, loose, "rougeL", None, gate_checks(metrics, loose))["passed"]
     with pytest.raises(BadInput, match="--min-lead-margin"):
         Thresholds(min_lead_margin=1.5)
+
+
+def test_summary_swap_probe_counts_changes_beyond_the_swapped_term():
+    from domaintune.components.evaluation.bias.summary_swap import summary_swap_probe
+
+    class Echo:  # summarises by its first sentence: changes exactly by the swap
+        def predict(self, texts, batch_size=16):
+            return [R.lead(t) for t in texts]
+
+    class Fixed:  # ignores the source: every counterfactual differs beyond the swap where the term was summarised
+        def predict(self, texts, batch_size=16):
+            return ["he called about a refund."] * len(texts)
+
+    sources = ["He called about a refund. It was late.", "The invoice was wrong. Nothing else."]
+    fair = summary_swap_probe(Echo(), sources, Echo().predict(sources))
+    assert fair["n_pairs"] == 1 and fair["changed_beyond_swap"] == 0.0 and fair["axes"]["gender"]["pairs"] == 1
+    unfair = summary_swap_probe(Fixed(), sources, Fixed().predict(sources))
+    assert unfair["changed_beyond_swap"] == 1.0 and unfair["worst"][0]["expected"] == "she called about a refund."
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -244,6 +262,11 @@ def test_predict_writes_text_and_summary(summarizer, tmp_path):
     code, _, err = cli("predict", "--model", summarizer["onnx"], "--text", "hello there", "--num-beams", "2")
     assert code == 2
     one_clear_line(err, "--num-beams")
+    pairs = write_jsonl(tmp_path, [json.loads(line) for line in open(PAIRS)][:4], "four.jsonl")
+    code, out, err = cli("evaluate", "--model", summarizer["onnx"], "--data", pairs, "--json", str(tmp_path / "m.json"))
+    assert code == 0, err
+    metrics = json.load(open(tmp_path / "m.json"))
+    assert metrics["n"] == 4 and "rougeL" in out and "lead_1" in metrics["baselines"]
 
 
 def test_serve_answers_with_summaries(summarizer):

@@ -59,6 +59,9 @@ def format_table(metrics: dict) -> str:
         lines.append(f"{label[:23]:<24}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}")
     if "accuracy" in metrics:
         lines.append(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   n {metrics['n']}")
+    elif "entity_f1" not in metrics:  # another task's headline numbers (a summarizer's ROUGE, its margin over lead)
+        return "   ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool))
     else:
         lines.append(f"entity F1 {metrics['entity_f1']:.4f} (strict {metrics['entity_f1_strict']:.4f})   "
                      f"precision {metrics['entity_precision']:.4f}   recall {metrics['entity_recall']:.4f}   n {metrics['n']}")

@@ -152,8 +152,17 @@ def render_report(m: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_bias_note(gate: dict) -> str:
-    return ("# Bias report\n\nThe identity-swap probe for summaries (a swapped term should change the summary only "
-            "by that term) is not implemented yet: no fairness check gates this summarizer.\n\n"
-            f"Gate: {'passed' if gate.get('passed') else 'rejected'}.\n"
-            + "".join(f"- {r}\n" for r in gate.get("reasons") or []))
+def render_bias_note(bias: dict, gate: dict) -> str:
+    probe = (bias or {}).get("summary_swap") or {}
+    lines = ["# Bias report", "", "Identity-swap probe for summaries: an identity term swapped in the source "
+             "(bias/identity_terms.yaml) should change the summary only by that term. Reported, not gated.", ""]
+    if probe.get("n_pairs"):
+        lines += [f"{probe['changed_beyond_swap']:.1%} of {probe['n_pairs']} swapped sources got a summary that "
+                  "differs beyond the swapped term.", "", "| axis | pairs | changed beyond the swap |", "|---|---|---|"]
+        lines += [f"| {a} | {v['pairs']} | {v['changed_beyond_swap']:.1%} |" for a, v in probe["axes"].items()]
+        lines += [""] + [f"- {w['axis']} #{w['index']}: expected {w['expected']!r}, got {w['counterfactual_summary']!r}"
+                         for w in probe["worst"]]
+    else:
+        lines.append("No test source names an identity term: nothing was probed.")
+    lines += ["", f"Gate: {'passed' if gate.get('passed') else 'rejected'}."]
+    return "\n".join(lines + [f"- {r}" for r in gate.get("reasons") or []]) + "\n"

@@ -162,12 +162,16 @@ class Seq2Seq(Task):
         return pd.DataFrame({"text": frame["text"], "reference": frame["summary"], "summary": list(outputs)})
 
     def bias_checks(self, predictor, outputs, frame, labels, p):
-        return {"slices": None, "counterfactual": None}
+        """The summary swap probe, reported (evaluation/bias/summary_swap.py); no gated fairness check yet."""
+        from domaintune.components.evaluation.bias.summary_swap import summary_swap_probe
+
+        probe = summary_swap_probe(predictor, list(frame["text"]), list(outputs), p.identity_terms)
+        return {"slices": None, "counterfactual": None, "summary_swap": probe}
 
     def bias_report(self, bias, gate, thresholds):
         from domaintune.components.evaluation.seq2seq_metrics import render_bias_note
 
-        return render_bias_note(gate)
+        return render_bias_note(bias, gate)
 
     def write_plots(self, metrics, labels, directory):
         from domaintune.components.evaluation.seq2seq_metrics import render_report

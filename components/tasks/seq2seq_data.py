@@ -57,7 +57,7 @@ def pairs_report(splits: dict[str, pd.DataFrame]) -> dict:
     return {"pairs": {n: len(df) for n, df in splits.items()},
             "length": {n: _lengths(df) for n, df in splits.items() if len(df)},
             "duplicate_sources": {n: int(df["text"].duplicated().sum()) for n, df in splits.items()},
-            "leakage": {f"train_{n}": {"identical_sources": len(set(splits[n]["text"]) & train_sources)}
+            "leakage": {f"train_{n}": {"identical_texts": len(set(splits[n]["text"]) & train_sources)}
                         for n in ("validation", "test")}}
 
 
