@@ -1,7 +1,9 @@
 """Export: the fine-tuned model as ONNX fp32 and dynamic-int8, checked before anything ships.
 
-In: a fine-tuned Hugging Face model directory and the test split; the task (tasks/) names the ONNX outputs
-and the quality metric the int8 check compares (accuracy for classification).
+In: a fine-tuned Hugging Face model directory and the test split; the task (tasks/) writes the graph(s)
+(`export_graph`: one for the classifiers and taggers, an encoder `model.onnx` and a decoder
+`model.decoder.onnx` for seq2seq), names the ONNX outputs and the quality metric the int8 check compares
+(accuracy for classification, ROUGE-L of greedy summaries for seq2seq).
 Out (one directory, written beside and renamed into place, so a failure leaves nothing behind):
 `model.onnx` (fp32), `model.int8.onnx`, tokenizer files, `config.json`, `domaintune.json`,
 `export_report.json`, `export_report.md`.
