@@ -231,6 +231,8 @@ def test_training_early_stops_on_generated_rouge(summarizer):
 def test_onnx_greedy_matches_pytorch_and_int8_is_checked_on_rouge(summarizer):
     e = summarizer["export"]
     assert e["parity"]["fp32_agreement"] >= 0.99 and e["parity"]["max_abs_logit_diff"] <= 1e-3
+    assert e["parity"]["n"] == e["metrics"]["onnx_fp32"]["n"] == summarizer["evaluation"]["metrics"]["n"]  # rows
+    assert json.load(open(os.path.join(summarizer["onnx"], "generation_config.json")))["max_new_tokens"] == 32
     assert e["quality_metric"] == "rougeL" and set(e["metrics"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
     assert (e["deployable"] == "int8") == (e["int8_quality_drop"] <= e["max_int8_drop"])
     assert set(e["latency"]["results"]["1 text, greedy summary"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}

@@ -51,12 +51,20 @@ def gate_checks(metrics: dict, thresholds) -> list[dict]:
     ]
 
 
-def generated(summarizer, frame) -> dict:
+class Generated(dict):
+    """One backend's outputs on a split ({"ids", "logits", "summaries"}); its length is the number of rows, as
+    the export report counts a backend's outputs (`n`)."""
+
+    def __len__(self) -> int:
+        return len(self["ids"])
+
+
+def generated(summarizer, frame) -> Generated:
     """One backend's greedy output on a split: token ids, the first rows' per-step logits, the summaries."""
     texts = frame["text"].tolist()
     ids, logits = summarizer.generate_ids(texts, keep_logits=PARITY_LOGIT_ROWS)
-    return {"ids": ids, "logits": logits,
-            "summaries": [summarizer.tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]}
+    return Generated(ids=ids, logits=logits,
+                     summaries=[summarizer.tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids])
 
 
 def step_logit_diff(a: dict, b: dict) -> float:

@@ -105,7 +105,9 @@ class Seq2Seq(Task):
     def training_setup(self, model, tokenizer, token_stats):
         from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-        model.generation_config.max_new_tokens = int(token_stats.get("max_target_length") or 64)
+        # generation stops where the targets were cut: tokenize's max_target_length (its params in token_stats)
+        target = (token_stats.get("params") or {}).get("max_target_length") or token_stats.get("max_target_length")
+        model.generation_config.max_new_tokens = int(target or 64)
         return {"trainer": Seq2SeqTrainer, "arguments": Seq2SeqTrainingArguments,
                 "options": {"predict_with_generate": True, "generation_num_beams": 1},
                 "validation_rows": VALIDATION_SAMPLE}
