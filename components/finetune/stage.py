@@ -6,7 +6,7 @@ task (tasks/) gives the model head, the collator, the metrics and the LoRA task 
 Out: a Hugging Face model directory (model, tokenizer, `domaintune.json`) and `history.json`.
 
 Speed choices (measured on a 2-core AVX-512-BF16 CPU; numbers in bench/BENCHMARKS.md): bf16 autocast where
-native, length-grouped batches with dynamic padding (8% padding on SST-2 instead of 89% at max_length 128),
+it measures faster (training/precision.py), length-grouped batches with dynamic padding (8% padding on SST-2 instead of 89% at max_length 128),
 the fused AdamW (the Trainer's default), a cheaper random source for dropout on CPU (training/dropout.py),
 the input word-embedding matrix kept fixed in full fine-tuning (`freeze_embeddings`), and no second
 evaluation of the best model after training (its metrics are in the log).
