@@ -125,13 +125,16 @@ def _error_files(directory: str) -> dict[int, dict]:
 def failure(stage: str, directory: str, exc, n: int) -> WorkerFailed:
     """The one line for a failed run, naming the root cause rather than its echoes: a bad input a rank raised
     (its own message and exit code 2); else a rank that died without raising (a signal, the OOM killer), since
-    the others then fail in their next collective ("connection reset by peer"); else the lowest rank's error.
+    the others then fail in their next collective ("connection reset by peer") or are stopped by torchrun
+    (SIGTERM); else the lowest rank's error.
     (torchrun's own "first failure" compares whole-second timestamps, so it cannot order these.)"""
     errors = _error_files(directory)
     bad = sorted(rank for rank, error in errors.items() if error["code"] == BadInput.exit_code)
     if bad:
         return WorkerFailed(errors[bad[0]]["message"], BadInput.exit_code)
-    died = sorted(rank for rank in exc.failures if rank not in errors)
+    # a rank torchrun stopped (SIGTERM) after the first failure is not the cause
+    died = sorted((rank for rank in exc.failures if rank not in errors),
+                  key=lambda r: (exc.failures[r].signal_name() == "SIGTERM", r))
     if died:
         rank, how = died[0], exc.failures[died[0]]
         what = f"was killed by {how.signal_name()}" if how.exitcode < 0 else f"exited with code {how.exitcode}"

@@ -41,8 +41,8 @@ def kubernetes_api():
 
     try:
         config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    except config.ConfigException:  # KUBECONFIG read now (the library reads it once, at import)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     return client.CustomObjectsApi()
 
 
