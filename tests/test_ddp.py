@@ -29,7 +29,7 @@ CURVE = 0.03
 
 
 @pytest.fixture(scope="module")
-def deterministic(trained, tmp_path_factory):
+def deterministic(tiny_tokens, tmp_path_factory):
     """The tiny tokens with TRAIN_ROWS training rows, and the base model with dropout off (dropout masks are
     drawn per process, so with it on the two runs would differ by dropout noise rather than by DDP)."""
     import shutil
@@ -38,16 +38,16 @@ def deterministic(trained, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ddp")
     tokens = root / "tokens"
-    shutil.copytree(trained["tokens"], tokens, ignore=shutil.ignore_patterns("train"))
-    train = load_from_disk(os.path.join(trained["tokens"], "train"))
+    shutil.copytree(tiny_tokens["tokens"], tokens, ignore=shutil.ignore_patterns("train"))
+    train = load_from_disk(os.path.join(tiny_tokens["tokens"], "train"))
     assert len(train) >= TRAIN_ROWS
     train.select(range(TRAIN_ROWS)).save_to_disk(str(tokens / "train"))
     base = root / "base"
     base.mkdir()
-    for name in os.listdir(trained["base"]):
+    for name in os.listdir(tiny_tokens["base"]):
         if name != "config.json":
-            os.symlink(os.path.join(trained["base"], name), base / name)
-    config = json.load(open(os.path.join(trained["base"], "config.json")))
+            os.symlink(os.path.join(tiny_tokens["base"], name), base / name)
+    config = json.load(open(os.path.join(tiny_tokens["base"], "config.json")))
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     json.dump(config, open(base / "config.json", "w"))
     return {"tokens": str(tokens), "base": str(base), "root": root}

@@ -64,7 +64,10 @@ class FakeKube(BaseHTTPRequestHandler):
         job = self.jobs[name]
         job["status"] = {"conditions": [], "jobsStatus": [{"name": "node", "active": 2, "ready": 2, "succeeded": 0,
                                                            "failed": 0, "suspended": 0}]}
-        outcome, reason, message = type(self).run(job) if type(self).run else ("Running", None, None)
+        try:
+            outcome, reason, message = type(self).run(job) if type(self).run else ("Running", None, None)
+        except BaseException as exc:  # noqa: BLE001 - the job fails, as a pod that raised would
+            outcome, reason, message = "Failed", "WorkerRaised", f"{type(exc).__name__}: {exc}"
         if outcome != "Running":
             job["status"]["conditions"].append({"type": outcome, "status": "True", "reason": reason,
                                                 "message": message, "lastTransitionTime": "2026-12-02T00:00:00Z"})
@@ -152,14 +155,10 @@ def test_the_trainjob_is_valid_and_says_what_the_task_runs(kube):
         jsonschema.validate({**body, "metadata": {"name": "Domaintune_FT"}}, SCHEMA)
 
 
-def upload_tokens(trained):
-    storage.upload(trained["tokens"], TOKENS_URI)
-
-
-def test_submitted_trained_collected_and_deleted(kube, s3, trained, tmp_path, capfd):
+def test_submitted_trained_collected_and_deleted(kube, s3, tiny_tokens, tmp_path, capfd):
     """The fake cluster runs the job's worker for real (one process: the rank-0 path), in object storage."""
     api, _ = kube
-    upload_tokens(trained)
+    storage.upload(tiny_tokens["tokens"], TOKENS_URI)
 
     def run(job):
         code = trainjob_worker.main(job["spec"]["trainer"]["args"])

@@ -28,7 +28,7 @@ def inputs_on_this_node(spec: dict) -> tuple[str, str]:
         os.makedirs(INPUTS, exist_ok=True)
         tokens = storage.fetch(spec["tokens"], endpoint, cache_dir=os.path.join(INPUTS, "tokens"))
         model = resolve_model(storage.object_uri(spec["model"]), endpoint)
-        storage.write_json(paths_file, {"tokens": tokens, "model": model})
+        storage.write_json(paths_file, {"tokens": str(tokens), "model": str(model)})
     distributed.barrier()
     paths = storage.read_json(paths_file)
     return paths["tokens"], paths["model"]
