@@ -284,7 +284,8 @@ def train_mlm(model, tokenizer, train: dict, checkpoints: str, resume: str | Non
     trainer = _trainer_class()(
         model=model, args=training_arguments(checkpoints, plan, precision, device, p), train_dataset=Blocks(train),
         processing_class=tokenizer,
-        data_collator=make_collator(tokenizer, p.mlm_probability, p.whole_word_masking, p.seed),
+        # each rank its own masks (one seed everywhere would mask the same positions in every rank's blocks)
+        data_collator=make_collator(tokenizer, p.mlm_probability, p.whole_word_masking, p.seed + distributed.rank()),
         callbacks=[progress_callback("pretrain", plan.warmup_steps, plan.total, phase="mlm")],
     )
     started = time.monotonic()
