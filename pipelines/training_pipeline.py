@@ -93,6 +93,8 @@ def training_pipeline(
     precision: str = F.precision,
     freeze_embeddings: bool = F.freeze_embeddings,
     checkpoint_dir: str = F.checkpoint_dir,
+    num_processes: int = F.num_processes,
+    gradient_accumulation_steps: int = F.gradient_accumulation_steps,
     seed: int = I.seed,
     min_macro_f1: float = E.min_macro_f1,
     max_regression: float = E.max_regression,
@@ -140,11 +142,11 @@ def training_pipeline(
         mlm_learning_rate: Masked-LM peak learning rate.
         mlm_probability: Share of tokens masked.
         whole_word_masking: Mask whole words (all their word pieces) instead of single tokens.
-        mlm_batch_size: Masked-LM batch size (blocks of max_length tokens).
+        mlm_batch_size: Masked-LM batch size (blocks of max_length tokens): the global batch, split evenly over the processes.
         mlm_head_warmup_steps: Steps training only the new MLM head (encoder frozen) before the "before" perplexity is measured: the packaged model ships no MLM head.
         epochs: Maximum training epochs (early stopping may end sooner).
         learning_rate: Peak learning rate (linear warm-up and decay). LoRA usually wants about 5e-4.
-        batch_size: Training batch size per device.
+        batch_size: Training batch size: the global batch of one optimizer step, split evenly over the processes and gradient_accumulation_steps.
         weight_decay: AdamW weight decay.
         warmup_ratio: Share of training steps used for learning-rate warm-up.
         early_stopping_patience: Epochs without validation macro-F1 improvement before stopping.
@@ -155,6 +157,8 @@ def training_pipeline(
         precision: auto (bf16 where the hardware supports it natively, else fp32), bf16, fp16 or fp32.
         freeze_embeddings: Full fine-tuning keeps the input word-embedding matrix fixed (half of MiniLM's parameters; faster at the same accuracy, bench/BENCHMARKS.md). LoRA trains adapters only either way.
         checkpoint_dir: Where training checkpoints go; a retried run resumes from the last one there. Empty: beside the model output, removed after success.
+        num_processes: Training processes per pod (DistributedDataParallel under torchrun when more than one; on CPU too). 0: one per GPU the pod has (DOMAINTUNE_GPUS at compile time), else one.
+        gradient_accumulation_steps: Micro-batches accumulated per optimizer step (batch_size stays the global batch: each micro-batch is batch_size / processes / this).
         seed: Random seed for the split, initialisation and data order.
         min_macro_f1: Gate: the deployable's test macro-F1 (the task's primary metric) must reach this.
         max_regression: Gate: the candidate may trail the champion's macro-F1 (same test split) by at most this.

@@ -87,3 +87,18 @@ def ingest_params(**overrides):
     if isinstance(overrides.get("slice_columns"), list):
         overrides["slice_columns"] = ",".join(overrides["slice_columns"])
     return IngestParams(**{"train_data": TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tmp_path_factory):
+    """The tiny sample ingested and tokenized (no training): for tests that train on their own terms."""
+    from domaintune.components.ingest.stage import run_ingest
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.tokenize.stage import TokenizeParams, run_tokenize
+
+    root = tmp_path_factory.mktemp("tiny-tokens")
+    run_ingest(ingest_params(validation_fraction=0.2, test_fraction=0.2), str(root / "splits"),
+               str(root / "data_report.json"))
+    base = resolve_model("all-MiniLM-L6-v2")
+    run_tokenize(str(root / "splits"), base, str(root / "tokens"), TokenizeParams(max_length=64))
+    return {"tokens": str(root / "tokens"), "base": base}

@@ -512,3 +512,31 @@ def test_batcher_runs_batches_on_parallel_workers():
 
     elapsed, runs = asyncio.run(scenario())
     assert sorted(map(tuple, runs)) == [("a",), ("b",)] and elapsed < 0.55, elapsed
+
+
+def test_a_gathered_batch_is_spread_over_the_idle_workers_in_length_order():
+    """Requests that arrive together are gathered at once; with two idle workers they run as two batches in
+    parallel (one batch would leave a core idle), the short texts together and the long ones together."""
+    from domaintune.components.serving.batcher import Batcher
+    from domaintune.components.serving.observe import Metrics
+
+    class Slow(FakeModel):
+        def predict(self, texts, batch_size):
+            time.sleep(0.3)
+            return super().predict(texts, batch_size)
+
+    async def scenario():
+        batcher = Batcher(max_batch_size=32, max_latency_ms=0, max_queue=100, metrics=Metrics(), workers=2)
+        batcher.start()
+        model = Slow("1")
+        texts = ["x" * n for n in (9, 1, 8, 2, 7, 3, 6, 4)]
+        started = time.monotonic()
+        results = await asyncio.gather(*(batcher.submit(model, [t]) for t in texts))
+        elapsed = time.monotonic() - started
+        await batcher.drain(5)
+        return texts, results, elapsed, model.runs
+
+    texts, results, elapsed, runs = asyncio.run(scenario())
+    assert [r[0, 0] for r in results] == [len(t) for t in texts]  # each request got its own row
+    assert sorted(sorted(map(len, run)) for run in runs) == [[1, 2, 3, 4], [6, 7, 8, 9]], runs
+    assert elapsed < 0.55, elapsed  # the two ran at the same time

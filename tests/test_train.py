@@ -94,6 +94,36 @@ def test_precision_auto_resolves_to_a_concrete_choice():
     assert pick_precision("fp32") == "fp32"
 
 
+def test_precision_auto_on_cpu_follows_the_machine_measurement_every_process_shares(tmp_path, monkeypatch):
+    """The bf16-or-fp32 timing is taken once per machine and reused: a resumed training and its rerun must not
+    flip precision on a noisy timing (they would stop being bit-identical)."""
+    import json
+
+    import torch
+
+    from domaintune.components.training import precision
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA decides by capability, not by timing")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    try:
+        precision.cpu_bf16_speedup.cache_clear()
+        measured = precision.cpu_bf16_speedup()
+        cache = tmp_path / "domaintune" / "cpu_bf16_speedup.json"
+        if not native:
+            assert measured == 0.0 and pick_precision("auto") == "fp32" and not cache.exists()
+            return
+        [(key, value)] = json.loads(cache.read_text()).items()
+        assert value == measured > 0 and key == precision._machine_key(torch.__version__)
+        for speedup, expected in ((2.0, "bf16"), (1.1, "fp32"), (0.5, "fp32")):  # later processes read it
+            cache.write_text(json.dumps({key: speedup}))
+            precision.cpu_bf16_speedup.cache_clear()
+            assert pick_precision("auto") == expected
+    finally:
+        precision.cpu_bf16_speedup.cache_clear()
+
+
 def test_resume_from_checkpoint_dir(trained, tmp_path):
     ckpt = tmp_path / "ckpt"
     first = run_finetune(trained["tokens"], trained["base"], str(tmp_path / "m1"), str(tmp_path / "h1.json"),

@@ -6,7 +6,7 @@ task (tasks/) gives the model head, the collator, the metrics and the LoRA task 
 Out: a Hugging Face model directory (model, tokenizer, `domaintune.json`) and `history.json`.
 
 Speed choices (measured on a 2-core AVX-512-BF16 CPU; numbers in bench/BENCHMARKS.md): bf16 autocast where
-native, length-grouped batches with dynamic padding (8% padding on SST-2 instead of 89% at max_length 128),
+it measures faster (training/precision.py), length-grouped batches with dynamic padding (8% padding on SST-2 instead of 89% at max_length 128),
 the fused AdamW (the Trainer's default), a cheaper random source for dropout on CPU (training/dropout.py),
 the input word-embedding matrix kept fixed in full fine-tuning (`freeze_embeddings`), and no second
 evaluation of the best model after training (its metrics are in the log).
@@ -19,13 +19,15 @@ import sys
 import time
 from dataclasses import dataclass
 
-from domaintune.components.core.errors import fraction, non_negative, one_of, positive
+from domaintune.components.core.errors import BadInput, fraction, non_negative, one_of, positive
 from domaintune.components.finetune.history import build_history
 from domaintune.components.io import storage
 from domaintune.components.io.base_models import PACKAGED_MODEL, load_tokenizer
 from domaintune.components.io.splits import LABEL_MAP
 from domaintune.components.tasks import task_of
 from domaintune.components.training import checkpoints as ckpt
+from domaintune.components.training import distributed
+from domaintune.components.training.launch import distributable
 from domaintune.components.training.precision import PRECISIONS, pick_precision
 from domaintune.components.training.progress import progress_callback
 from domaintune.components.training.trainer import best_evaluation, timed_trainer_class
@@ -49,6 +51,9 @@ class FinetuneParams:
     precision: str = "auto"
     freeze_embeddings: bool = True
     checkpoint_dir: str = ""
+    # 0: one process per GPU the pod has (DDP under torchrun when that is more than one), else one process
+    num_processes: int = 0
+    gradient_accumulation_steps: int = 1
 
     def __post_init__(self):
         positive("epochs", self.epochs, kind=float)
@@ -63,6 +68,19 @@ class FinetuneParams:
         positive("lora-r", self.lora_r)
         positive("lora-alpha", self.lora_alpha)
         fraction("lora-dropout", self.lora_dropout)
+        non_negative("num-processes", self.num_processes, kind=int)
+        positive("gradient-accumulation-steps", self.gradient_accumulation_steps)
+        per_device_batch(self, 1)
+
+
+def per_device_batch(p: FinetuneParams, processes: int) -> int:
+    """--batch-size is the global batch: what one optimizer step averages over, whatever the number of
+    processes; each process trains on its share of it per micro-step (batch / processes / accumulation)."""
+    parts = processes * p.gradient_accumulation_steps
+    if p.batch_size % parts:
+        raise BadInput(f"--batch-size {p.batch_size} is the global batch and must split evenly over {processes} "
+                       f"process(es) x --gradient-accumulation-steps {p.gradient_accumulation_steps}")
+    return p.batch_size // parts
 
 
 def apply_lora(task, model, p: FinetuneParams):
@@ -123,7 +141,8 @@ def training_arguments(task, p: FinetuneParams, checkpoints: str, precision: str
         output_dir=checkpoints,
         num_train_epochs=p.epochs,
         learning_rate=p.learning_rate,
-        per_device_train_batch_size=p.batch_size,
+        per_device_train_batch_size=per_device_batch(p, distributed.world_size()),
+        gradient_accumulation_steps=p.gradient_accumulation_steps,
         per_device_eval_batch_size=max(64, p.batch_size),
         weight_decay=p.weight_decay,
         warmup_steps=p.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
@@ -148,6 +167,11 @@ def training_arguments(task, p: FinetuneParams, checkpoints: str, precision: str
         disable_tqdm=True,
         report_to=[],
         dataloader_pin_memory=torch.cuda.is_available(),
+        # every trainable weight gets a gradient each step (the heads use the encoder's output): skip DDP's
+        # per-step search for unused ones
+        ddp_find_unused_parameters=False,
+        # across nodes (a Kubeflow TrainJob) each node keeps its own checkpoints: every process reloads the best
+        save_on_each_node=distributed.multi_node(),
     )
 
 
@@ -161,7 +185,9 @@ def save_model(model, tokenizer, output_dir: str, task, labels: list[str], max_l
 
 # What a checkpoint directory is bound to besides the data and the base model: every parameter that changes
 # the training (where checkpoints go and where S3 is do not).
-NOT_IN_FINGERPRINT = ("checkpoint_dir", "s3_endpoint_url")
+# The process count and accumulation split the same global batch differently: a retry on a pod of another size
+# resumes the same training.
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "s3_endpoint_url", "num_processes", "gradient_accumulation_steps")
 
 
 def training_fingerprint(tokens_dir: str, model_dir: str, p: FinetuneParams) -> dict:
@@ -185,6 +211,7 @@ def checkpoints_for(tokens_dir: str, model_dir: str, output_dir: str, p: Finetun
     return ckpt.bind_scratch(scratch, fp), fp
 
 
+@distributable("finetune", check=per_device_batch)
 def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path: str, p: FinetuneParams) -> dict:
     stage_started = time.monotonic()
     from datasets import load_from_disk
@@ -193,11 +220,17 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     set_seed(p.seed)
     task = task_of(tokens_dir)
     # first, before the model is loaded: a checkpoint dir of another training is refused in a second
-    checkpoints, fp = checkpoints_for(tokens_dir, model_dir, output_dir, p)
+    # (the main process binds the directory, the others then find it bound)
+    checkpoints, fp = distributed.main_first(checkpoints_for, tokens_dir, model_dir, output_dir, p)
     resume = ckpt.last_checkpoint(checkpoints)
-    print(ckpt.describe_resume("finetune", resume, checkpoints, fp["fingerprint"]), file=sys.stderr, flush=True)
+    if distributed.is_main():
+        print(ckpt.describe_resume("finetune", resume, checkpoints, fp["fingerprint"]), file=sys.stderr, flush=True)
     train = load_from_disk(os.path.join(tokens_dir, "train"))
+    # The Trainer evaluates in dataset order, padding each batch to its longest row: sorted by length, the
+    # per-epoch evaluation of varied sentence lengths (CoNLL: 1 to 124 words) pads little (metrics don't
+    # depend on the order).
     validation = load_from_disk(os.path.join(tokens_dir, "validation"))
+    validation = validation.sort("length") if "length" in validation.column_names else validation
     labels = storage.read_json(os.path.join(tokens_dir, LABEL_MAP))["labels"]
     tokenizer = load_tokenizer(os.path.join(tokens_dir, "tokenizer"))
     token_stats = storage.read_json(os.path.join(tokens_dir, "token_stats.json"))
@@ -219,10 +252,17 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     result = trainer.train(resume_from_checkpoint=resume)
     clock = {"stage_started": stage_started, "started": started, "train_seconds": time.monotonic() - started,
              "train_cpu_seconds": time.process_time() - cpu_started}
+    trainer.train_tokens = distributed.sum_over_ranks(trainer.train_tokens)  # each rank counted its own batches
     best = best_evaluation(trainer.state, task.primary_metric) or trainer.evaluate()
+    distributed.barrier()  # every rank holds the best model before the main one clears the checkpoints
+    if not distributed.is_main():  # the main process writes the outputs and the report
+        return None
 
     history = build_history(task, p, trainer, result, best, clock, resume, len(train),
                             {**model_info, "precision_used": precision, "max_length": max_length})
+    history["distributed"] = {**distributed.describe(), "global_batch_size": p.batch_size,
+                              "per_device_batch_size": trainer.args.per_device_train_batch_size,
+                              "gradient_accumulation_steps": p.gradient_accumulation_steps}
     history["checkpoints"] = {"dir": checkpoints if p.checkpoint_dir else None, "fingerprint": fp["fingerprint"]}
     pretrained = os.path.join(model_dir, "pretrain.json")
     if os.path.isfile(pretrained):  # the encoder came from the pretrain stage: its report travels with the run
@@ -237,6 +277,6 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     resumed = (f", resumed at step {history['resumed_step']}: {history['examples_seen']} examples in all"
                if resume else "")
     print(f"finetune: {history['examples_trained']} examples in {history['train_seconds']:.1f}s "
-          f"({history['examples_per_second']} ex/s, {precision}{resumed}); validation {task.primary_metric} "
-          f"{history['validation'][task.primary_metric]:.4f}", file=sys.stderr)
+          f"({history['examples_per_second']} ex/s, {precision}{resumed}, {distributed.world_size()} process(es)); "
+          f"validation {task.primary_metric} {history['validation'][task.primary_metric]:.4f}", file=sys.stderr)
     return history

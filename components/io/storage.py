@@ -32,6 +32,7 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 def fetch(uri: str, endpoint_url: str = "", cache_dir: str | None = None) -> str:
     """Return a local path for URI, downloading s3:// objects (or prefixes, for model dirs) first."""
+    uri = object_uri(uri)
     if not is_s3(uri):
         if not os.path.exists(uri):
             raise BadInput(f"{uri}: no such file or directory")
@@ -63,6 +64,28 @@ def fetch(uri: str, endpoint_url: str = "", cache_dir: str | None = None) -> str
         return local_dir
     except (BotoCoreError, ClientError) as exc:
         raise BadInput(f"{uri}: cannot read from S3 ({exc})") from None
+
+
+def object_uri(uri: str) -> str:
+    """KFP's default artifact store names its MinIO objects minio://bucket/key: the same S3 object, reached
+    through AWS_ENDPOINT_URL."""
+    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
+
+
+def upload(local: str, uri: str, endpoint_url: str = "") -> None:
+    """A file, or a directory's files under the prefix URI (s3://bucket/prefix), to object storage."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(object_uri(uri))
+    client = s3_client(endpoint_url)
+    files = ([(local, key)] if os.path.isfile(local) else
+             [(os.path.join(root, name), key.rstrip("/") + "/" + os.path.relpath(os.path.join(root, name), local))
+              for root, _, names in os.walk(local) for name in sorted(names)])
+    try:
+        for path, target in files:
+            client.upload_file(path, bucket, target)
+    except (BotoCoreError, ClientError) as exc:
+        raise BadInput(f"{uri}: cannot write to S3 ({exc})") from None
 
 
 def content_hash(path: str) -> str:

@@ -24,6 +24,7 @@ def plan_op(
     precision: str,
     seed: int,
     checkpoint_dir: str,
+    num_processes: int,
     plan: Output[Artifact],
 ) -> bool:
     """KFP conditions cannot say "or": this one-liner decides DAPT-or-TAPT, and records the pretraining
@@ -58,6 +59,7 @@ def pretrain_op(
     precision: str,
     seed: int,
     checkpoint_dir: str,
+    num_processes: int,
     model: Output[Model],
     pretrain_report: Output[Artifact],
 ):

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from domaintune.components.core.errors import BadInput, fraction, positive, require
+from domaintune.components.core.errors import BadInput, fraction, non_negative, positive, require
 from domaintune.components.io import storage
 from domaintune.components.io.base_models import PACKAGED_MODEL
 from domaintune.components.pretrain.blocks import (  # noqa: F401  (re-exported)
@@ -41,6 +41,8 @@ from domaintune.components.pretrain.mlm import (  # noqa: F401  (re-exported)
     mlm_head, mlm_loss, perplexity)
 from domaintune.components.pretrain.report import perplexity_report, training_report, write_outputs
 from domaintune.components.training import checkpoints as ckpt
+from domaintune.components.training import distributed
+from domaintune.components.training.launch import distributable
 from domaintune.components.training.precision import PRECISIONS, pick_precision
 from domaintune.components.training.progress import progress_callback
 
@@ -67,6 +69,7 @@ class PretrainParams:
     precision: str = "auto"
     seed: int = 42
     checkpoint_dir: str = ""
+    num_processes: int = 0  # 0: one process per GPU the pod has (DDP under torchrun when more than one)
 
     @property
     def wanted(self) -> bool:
@@ -89,6 +92,14 @@ class PretrainParams:
         require(self.max_length >= 8, f"--max-length must be at least 8 for masked-LM blocks (got {self.max_length})")
         require(self.precision in PRECISIONS,
                 f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        non_negative("num-processes", self.num_processes, kind=int)
+
+
+def per_device_batch(p: PretrainParams, processes: int) -> int:
+    """--mlm-batch-size is the global batch, split evenly over the processes."""
+    require(p.mlm_batch_size % processes == 0, f"--mlm-batch-size {p.mlm_batch_size} is the global batch and must "
+                                               f"split evenly over {processes} processes")
+    return p.mlm_batch_size // processes
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -102,6 +113,7 @@ class _Plan:
     total: int
 
 
+@distributable("pretrain", check=per_device_batch)
 def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: str, p: PretrainParams) -> dict:
     """Continue masked-LM pretraining of MODEL_DIR on the domain corpus and/or the train split's texts.
 
@@ -110,9 +122,11 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
     require(p.wanted, "pretrain needs --domain-corpus or --pretrain-on-train-text")
     wall_started = time.monotonic()
     tokenizer, train, heldout, corpus = prepare_blocks(splits_dir, model_dir, p)
-    checkpoints, fp = checkpoints_for(model_dir, output_dir, corpus, p)  # another training's: refused here
+    # another training's: refused here (the main process binds the directory, the others find it bound)
+    checkpoints, fp = distributed.main_first(checkpoints_for, model_dir, output_dir, corpus, p)
     resume = ckpt.last_checkpoint(checkpoints)
-    print(ckpt.describe_resume("pretrain", resume, checkpoints, fp["fingerprint"]), file=sys.stderr, flush=True)
+    if distributed.is_main():
+        print(ckpt.describe_resume("pretrain", resume, checkpoints, fp["fingerprint"]), file=sys.stderr, flush=True)
     model, head_missing, precision, device = load_masked_lm(model_dir, p.precision)
     plan = plan_steps(model, train, head_missing, p)
     eval_batches = fixed_eval_batches(tokenizer, heldout, max(32, p.mlm_batch_size))
@@ -122,6 +136,9 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
                                                device, p)
     model = trainer.model
     after = perplexity(model, eval_batches, precision, device)
+    distributed.barrier()  # every rank is done with the checkpoints before the main one clears them
+    if not distributed.is_main():  # the main process writes the outputs and the report
+        return None
     extra = carried_weights(model, model_dir)
     report = {
         "params": {**asdict(p), "precision_used": precision},
@@ -130,6 +147,7 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
         "head_warmup": before["head_warmup"],
         "training": training_report(trainer, result, train, plan.steps, plan.per_epoch, train_seconds, resume, device, p),
         "classifier_reload": {"carried_over_from_base": sorted(extra)},
+        "distributed": distributed.describe(),
     }
     write_outputs(model, tokenizer, extra, report, output_dir, report_path, wall_started)
     if not p.checkpoint_dir:  # nothing left to resume: don't keep optimizer states around
@@ -142,8 +160,9 @@ def run_pretrain(splits_dir: str, model_dir: str, output_dir: str, report_path: 
 
 # The masked-LM checkpoints are bound (training/checkpoints.py) to the corpus content, the base model and these
 # parameters; not to where things live, nor to the step budget (mlm_epochs, mlm_max_steps), which a retry may
-# raise to continue the same training.
-NOT_IN_FINGERPRINT = ("checkpoint_dir", "s3_endpoint_url", "domain_corpus", "mlm_epochs", "mlm_max_steps")
+# raise to continue the same training, nor to how many processes share the global batch.
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "s3_endpoint_url", "domain_corpus", "mlm_epochs", "mlm_max_steps",
+                      "num_processes")
 
 
 def checkpoints_for(model_dir: str, output_dir: str, corpus: dict, p: PretrainParams) -> tuple[str, dict]:
@@ -225,8 +244,9 @@ def measure_before(model, tokenizer, train: dict, eval_batches: list[dict], chec
     else:
         before = {"perplexity_untrained_head": None, "head_warmup": None,
                   "perplexity_before": perplexity(model, eval_batches, precision, device)}
-    os.makedirs(checkpoints, exist_ok=True)
-    storage.write_json(before_path, before)
+    if distributed.is_main():  # every rank measured the same; one writes it
+        os.makedirs(checkpoints, exist_ok=True)
+        storage.write_json(before_path, before)
     return before, None
 
 
@@ -237,7 +257,7 @@ def training_arguments(checkpoints: str, plan: _Plan, precision: str, device: st
         output_dir=checkpoints,
         max_steps=plan.steps,
         learning_rate=p.mlm_learning_rate,
-        per_device_train_batch_size=p.mlm_batch_size,
+        per_device_train_batch_size=per_device_batch(p, distributed.world_size()),
         weight_decay=WEIGHT_DECAY,
         warmup_steps=WARMUP_RATIO,  # transformers 5: a float in [0, 1) is a ratio of total steps
         lr_scheduler_type="linear",
@@ -264,7 +284,8 @@ def train_mlm(model, tokenizer, train: dict, checkpoints: str, resume: str | Non
     trainer = _trainer_class()(
         model=model, args=training_arguments(checkpoints, plan, precision, device, p), train_dataset=Blocks(train),
         processing_class=tokenizer,
-        data_collator=make_collator(tokenizer, p.mlm_probability, p.whole_word_masking, p.seed),
+        # each rank its own masks (one seed everywhere would mask the same positions in every rank's blocks)
+        data_collator=make_collator(tokenizer, p.mlm_probability, p.whole_word_masking, p.seed + distributed.rank()),
         callbacks=[progress_callback("pretrain", plan.warmup_steps, plan.total, phase="mlm")],
     )
     started = time.monotonic()

@@ -3,7 +3,8 @@
 A request puts its texts on an asyncio queue with a future and awaits it. The batcher task takes the
 first waiting job and gathers more until the batch holds `max_batch_size` texts or the first job has
 waited `max_latency_ms`, then hands the batch to a free inference thread (`run_in_executor`: the event
-loop keeps accepting and parsing requests meanwhile) and each job gets its rows. Within a run the
+loop keeps accepting and parsing requests meanwhile) — cut into one part per idle thread when several are
+idle — and each job gets its rows. Within a run the
 predictor sorts the texts by token length and cuts them where padding would grow (serving/predictors.py).
 
 `workers` inference threads run batches in parallel, each on a single-threaded onnxruntime session (the
@@ -105,9 +106,34 @@ class Batcher:
             except BaseException:
                 self._slots.release()
                 raise
-            task = asyncio.get_running_loop().create_task(self._run_batch(jobs))
-            self._running.add(task)
-            task.add_done_callback(self._finished)
+            self.last_requests = len(jobs)
+            for part in await self._spread(jobs):
+                task = asyncio.get_running_loop().create_task(self._run_batch(part))
+                self._running.add(task)
+                task.add_done_callback(self._finished)
+
+    async def _spread(self, jobs: list[Job]) -> list[list[Job]]:
+        """The gathered jobs cut into one batch per worker that is idle now (the slot taken for the gather
+        included). Under a closed loop of concurrent clients one gather takes every waiting request, and one
+        single-threaded session then ran them all while the other core idled: measured, 16 clients got 1.0
+        core and 171 req/s (bench/BENCHMARKS.md). Jobs go in length order, so each part pads little."""
+        parts = 1
+        while parts < len(jobs) and not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            parts += 1
+        if parts == 1:
+            return [jobs]
+        jobs = sorted(jobs, key=lambda job: sum(map(len, job.texts)) / max(1, len(job.texts)))
+        total = sum(len(job.texts) for job in jobs)
+        cuts, done, out = [total * k / parts for k in range(1, parts)], 0, [[]]
+        for job in jobs:
+            if len(out) < parts and out[-1] and done >= cuts[len(out) - 1]:
+                out.append([])
+            out[-1].append(job)
+            done += len(job.texts)
+        for _ in range(parts - len(out)):  # fewer parts than slots taken (uneven jobs): give the rest back
+            self._slots.release()
+        return out
 
     def _finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)
@@ -116,7 +142,6 @@ class Batcher:
     async def _run_batch(self, jobs: list[Job]) -> None:
         loop = asyncio.get_running_loop()
         live = [j for j in jobs if not j.future.done()]  # a timed-out request's job is skipped
-        self.last_requests = len(live)
         groups: dict[int, list[Job]] = {}
         for job in live:
             groups.setdefault(id(job.model), []).append(job)

@@ -14,6 +14,10 @@ def timed_trainer_class(base=None):
     class TimedTrainer(base or Trainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            # The task heads compute a mean loss and ignore `num_items_in_batch`, though their forward takes
+            # **kwargs: left True, the Trainer multiplies the loss by the number of processes (2x gradients and
+            # logged loss under DDP) and skips its division by the accumulation steps.
+            self.model_accepts_loss_kwargs = False
             self.timing = {"eval_seconds": 0.0, "checkpoint_seconds": 0.0, "eval_cpu_seconds": 0.0,
                            "checkpoint_cpu_seconds": 0.0}
             # padded_squared: sum over batches of batch size x padded length^2 (attention FLOPs)
