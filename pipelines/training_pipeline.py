@@ -160,7 +160,7 @@ def training_pipeline(
         num_processes: Training processes per pod (DistributedDataParallel under torchrun when more than one; on CPU too). 0: one per GPU the pod has (DOMAINTUNE_GPUS at compile time), else one.
         gradient_accumulation_steps: Micro-batches accumulated per optimizer step (batch_size stays the global batch: each micro-batch is batch_size / processes / this).
         seed: Random seed for the split, initialisation and data order.
-        min_macro_f1: Gate: the deployable's test macro-F1 (the task's primary metric) must reach this.
+        min_macro_f1: Gate: the deployable's test macro-F1 (the task's primary metric) must reach this; -1: the task's floor (0.6 on macro-F1 / entity F1, 0.1 on ROUGE-L).
         max_regression: Gate: the candidate may trail the champion's macro-F1 (same test split) by at most this.
         max_flip_rate: Gate: the largest share of predictions that flip when identity terms are swapped.
         flip_min_prob_change: A label change under an identity swap counts as a flip only if the predicted class's probability also moves by at least this (0: every label change counts).

@@ -223,8 +223,24 @@ def test_default_thresholds():
     from conftest import pipeline_defaults
 
     t = Thresholds(**pipeline_defaults(Thresholds))
-    assert (t.min_macro_f1, t.max_regression, t.max_flip_rate, t.max_slice_gap) == (0.6, 0.01, 0.10, 0.15)
+    assert (t.min_macro_f1, t.max_regression, t.max_flip_rate, t.max_slice_gap) == (-1, 0.01, 0.10, 0.15)
     assert t == Thresholds()
+
+
+def test_the_default_quality_floor_is_the_tasks_own():
+    """-1 takes Task.quality_floor: a ROUGE-L of 0.3 is a good summarizer, a macro-F1 of 0.3 a broken classifier."""
+    from domaintune.components.tasks import get_task
+
+    default = Thresholds()
+    floors = {name: get_task(name).quality_floor for name in ("classification", "token-classification", "seq2seq")}
+    assert floors == {"classification": 0.6, "token-classification": 0.6, "seq2seq": 0.1}
+    assert not decide({"macro_f1": 0.3}, None, fair_bias(), default, task_floor=floors["classification"])["passed"]
+    summarizer = decide({"rougeL": 0.3}, None, fair_bias(), default, "rougeL", task_floor=floors["seq2seq"])
+    assert summarizer["passed"] and summarizer["checks"][0]["threshold"] == 0.1
+    explicit = decide({"rougeL": 0.3}, None, fair_bias(), Thresholds(min_macro_f1=0.35), "rougeL", task_floor=0.1)
+    assert not explicit["passed"] and "vs floor 0.35" in explicit["reasons"][0]
+    with pytest.raises(BadInput, match="--min-macro-f1 must be in \\[0, 1\\] \\(or -1"):
+        Thresholds(min_macro_f1=-0.5)
 
 
 @pytest.mark.parametrize("kwargs, flag", [({"max_flip_rate": -0.1}, "--max-flip-rate"),

@@ -89,7 +89,7 @@ def run_evaluate(model_dir: str, onnx_dir: str | None, splits_dir: str, output_d
     champion = score_champion(task, champion_dir, champion_info, test, labels)
     export = export_summary(onnx_dir)
     gate = decide(metrics, champion, bias_result, p.thresholds, task.primary_metric, export,
-                  task.gate_checks(metrics, p.thresholds))
+                  task.gate_checks(metrics, p.thresholds), task_floor=task.quality_floor)
 
     with storage.atomic_dir(output_dir) as tmp:
         task.write_plots(metrics, labels, tmp)

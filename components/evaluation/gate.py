@@ -31,7 +31,9 @@ class Thresholds:
     # Quality floor on the task's primary test metric (macro-F1 for classification). It catches a broken run, not a mediocre one (a collapsed model that
     # predicts the majority class scores under 0.5 macro-F1 on two classes, under 0.33 on three, and
     # chance-level guessing about 1/k), so 0.6 is a floor any working model clears: raise it per task.
-    min_macro_f1: float = 0.6
+    # -1 (the default) takes the task's own floor (`Task.quality_floor`): 0.6 on macro-F1 and entity F1, a
+    # lower one on ROUGE-L, whose scale is different (a good headline model scores 0.3-0.4).
+    min_macro_f1: float = -1.0
     # How much macro-F1 a candidate may lose to the champion and still be blessed (as `challenger`; it
     # replaces the champion only when strictly better). 0.01 is one point: candidate and champion are
     # scored on the same rows, so their paired difference is far less noisy than either score, and a
@@ -67,13 +69,17 @@ class Thresholds:
         margin = self.min_lead_margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or math.isnan(margin) or not -1 <= margin <= 1:
             raise BadInput(f"--min-lead-margin must be a number in [-1, 1] (got {margin!r})")
+        task_floor = self.min_macro_f1 == -1 and not isinstance(self.min_macro_f1, bool)  # -1: the task's floor
         for name in ("min_macro_f1", "max_regression", "max_flip_rate", "max_slice_gap", "max_unsupported_number_rate"):
+            if name == "min_macro_f1" and task_floor:
+                continue
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
                 raise BadInput(f"{flag} must be a number in [0, 1] (got {value!r})")
             if not 0 <= value <= 1:
-                raise BadInput(f"{flag} must be in [0, 1] (got {value!r})")
+                raise BadInput(f"{flag} must be in [0, 1]{' (or -1: the task default)' if name == 'min_macro_f1' else ''} "
+                               f"(got {value!r})")
 
 
 def _num(value) -> float | None:
@@ -100,13 +106,12 @@ def int8_acceptable(quality_drop, max_int8_drop: float) -> bool:
     return drop is not None and drop <= max_int8_drop
 
 
-def quality_check(value, thresholds: Thresholds, metric: str) -> dict:
+def quality_check(value, thresholds: Thresholds, metric: str, task_floor: float = 0.6) -> dict:
+    floor = task_floor if thresholds.min_macro_f1 == -1 else thresholds.min_macro_f1
     f1 = _num(value)
     if f1 is None:
-        return _check("quality", value, ">=", thresholds.min_macro_f1, False,
-                      f"candidate {metric} is missing or not a number ({value!r})")
-    return _check("quality", f1, ">=", thresholds.min_macro_f1, f1 >= thresholds.min_macro_f1,
-                  f"test {metric} {f1:.4f} vs floor {thresholds.min_macro_f1}")
+        return _check("quality", value, ">=", floor, False, f"candidate {metric} is missing or not a number ({value!r})")
+    return _check("quality", f1, ">=", floor, f1 >= floor, f"test {metric} {f1:.4f} vs floor {floor}")
 
 
 def regression_check(f1: float | None, champion: dict | None, thresholds: Thresholds, metric: str,
@@ -180,7 +185,8 @@ def export_check(export: dict, notes: list[str]) -> dict:
 
 
 def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds: Thresholds,
-           metric: str = "macro_f1", export: dict | None = None, task_checks: list[dict] | None = None) -> dict:
+           metric: str = "macro_f1", export: dict | None = None, task_checks: list[dict] | None = None,
+           task_floor: float = 0.6) -> dict:
     """Bless or reject a candidate (rules 1-4 above).
 
     candidate: at least {metric}, measured on the deployable. champion: None when there is no champion yet;
@@ -188,6 +194,7 @@ def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds
     carried into the result). bias: {"counterfactual": probe result | None, "slices": slice result | None}.
     export: the export report ({"deployable", "int8_quality_drop", "max_int8_drop"}), None when not exported.
     task_checks: the task's own checks (`Task.gate_checks`, e.g. a summarizer's margin over lead-N), blocking.
+    task_floor: the quality floor when thresholds.min_macro_f1 is -1 (`Task.quality_floor`).
 
     Choices, each tested:
     - no champion: the regression check passes and beats_champion is True (the first blessed model may
@@ -208,7 +215,7 @@ def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds
     candidate, bias, notes = candidate or {}, bias or {}, []
     f1 = _num(candidate.get(metric))
     regression, beats, champ_summary = regression_check(f1, champion, thresholds, metric, notes)
-    checks = [quality_check(candidate.get(metric), thresholds, metric), regression,
+    checks = [quality_check(candidate.get(metric), thresholds, metric, task_floor), regression,
               flip_check(bias.get("counterfactual"), thresholds, notes), slice_check(bias.get("slices"), thresholds, notes)]
     checks += list(task_checks or [])
     if export:

@@ -37,6 +37,9 @@ class Task(ABC):
     #: the one number that ranks models of this task: early stopping, the gate's floor and regression check,
     #: the registry's version tags
     primary_metric: ClassVar[str]
+    # The gate's quality floor on primary_metric when --min-macro-f1 is left at -1 (evaluation/gate.py): it catches
+    # a broken run, not a mediocre one; on F1 scales a collapsed model scores under 0.5.
+    quality_floor: ClassVar[float] = 0.6
     #: the number the deployable check compares between PyTorch and int8 ONNX (gate rule 4)
     quality_metric: ClassVar[str]
     #: a short phrase for reports and the model card ("text classification", "named-entity tagging", ...)
