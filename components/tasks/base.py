@@ -11,9 +11,9 @@ What a task owns, in the order the pipeline asks:
 |------------|-------------------|
 | ingest     | `read_file`, `read_rows` (validate and normalise one file), `duplicates`, `label_space`, `check_heldout`, `split`, `carve`, `to_split_frame`, `data_report` |
 | tokenize   | `encode` (token ids plus aligned labels) |
-| finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `compute_metrics`, `primary_metric` |
+| finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `compute_metrics`, `primary_metric`; optional: `calibrate` |
 | export     | `read_test`, `onnx_outputs` (output names and dynamic axes), `reference_outputs` / `onnx_outputs_of` (PyTorch and onnxruntime logits), `max_abs_diff`, `agreement`, `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric` |
-| evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots` |
+| evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots`; optional: `baselines`, `calibration_report`, `read_ood` |
 | register   | `summary_metrics`, `card_context`, `pyfunc_signature` |
 | predict / pyfunc | `load_predictor`, `format_predictions`, `read_labeled` |
 | serve      | `serving_predictor`, `serving_answers`, `serving_outputs` (defaults below) |
@@ -175,6 +175,27 @@ class Task(ABC):
     def write_plots(self, metrics: dict, labels: list[str], directory: str) -> list[str]:
         """Figures for the evaluation directory; returns their file names."""
         return []
+
+    # ---------------------------------------------------- quality beyond the test metrics (optional)
+    def calibrate(self, trainer, dataset) -> dict | None:
+        """Finetune: a confidence calibration fitted on the validation dataset, saved in the model's
+        `domaintune.json` (`calibration`) and applied by its predictors; None where the task has none."""
+        return None
+
+    def calibration_report(self, predictor, outputs, frame: pd.DataFrame, directory: str) -> dict | None:
+        """Evaluate: calibration of the test outputs (ECE before/after, a reliability diagram in `directory`)."""
+        return None
+
+    def baselines(self, model_dir: str, splits: dict[str, pd.DataFrame], labels: list[str], metrics: dict,
+                  p) -> dict | None:
+        """Evaluate: cheap baselines fitted on `splits["train"]` and scored on `splits["test"]`, with the lift of
+        `metrics` (the deployable's) over them; `p` is EvaluateParams. None where the task has none."""
+        return None
+
+    def read_ood(self, uri: str, labels: list[str], p) -> pd.DataFrame | None:
+        """Evaluate: one out-of-domain labeled file in the split layout (`p`: EvaluateParams, with the column
+        names and `ood_label_map`); None where the task does not support out-of-domain sets."""
+        return None
 
     # ------------------------------------------------------------------------------------------ export
     @abstractmethod
