@@ -4,7 +4,7 @@ beside the finetune stage's, test ECE before/after temperature scaling, out-of-d
 verdict and its template-only bias warnings.
 
     python -m bench.quality --json OUT --case tickets         # the embedded default (bundled tickets)
-    python -m bench.quality --json OUT --case fpb             # Financial PhraseBank, OOD: Twitter financial news
+    python -m bench.quality --json OUT --case fpb [--ood-rows N] # Financial PhraseBank, OOD: Twitter financial news
     python -m bench.quality --json OUT --case sst2 --rows 4000
 
 One case per call (each bounded to ~10 minutes on 2 cores). FPB and SST-2 use their dev files as validation
@@ -27,13 +27,15 @@ DATA = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "data"))
 TWITTER_MAP = "0=negative,1=positive,2=neutral"
 
 
-def prepare(case: str, work: str, rows: int, seed: int) -> list[str]:
+def prepare(case: str, work: str, rows: int, seed: int, ood_rows: int = 0) -> list[str]:
     """The `domaintune run` flags of a case (its files written into WORK)."""
     if case == "tickets":
         return []
     if case == "fpb":
         fpb = os.path.join(DATA, "financial_phrasebank")
         tweets = pd.read_csv(os.path.join(DATA, "twitter_financial_news_sentiment", "train.csv"))
+        if ood_rows:  # a seeded sample bounds the scoring cost
+            tweets = tweets.sample(n=min(ood_rows, len(tweets)), random_state=seed)
         ood = os.path.join(work, "twitter_financial_news.csv")
         tweets.rename(columns={"text": "sentence"}).to_csv(ood, index=False)
         dev = os.path.join(fpb, "dev.csv")
@@ -50,9 +52,9 @@ def prepare(case: str, work: str, rows: int, seed: int) -> list[str]:
     raise SystemExit(f"unknown case {case!r}")
 
 
-def measure(case: str, rows: int, seed: int, extra: list[str]) -> dict:
+def measure(case: str, rows: int, seed: int, extra: list[str], ood_rows: int = 0) -> dict:
     work = tempfile.mkdtemp(prefix=f"bench-quality-{case}-")
-    flags = prepare(case, work, rows, seed)
+    flags = prepare(case, work, rows, seed, ood_rows)
     cmd = [os.path.join(os.path.dirname(sys.executable), "domaintune"), "run", *flags,
            "--model-name", f"bench-quality-{case}", "--output", "out", "--export-latency-runs", "0", *extra]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
@@ -87,11 +89,12 @@ def main() -> int:
     ap.add_argument("--case", choices=("tickets", "fpb", "sst2"), required=True)
     ap.add_argument("--rows", type=int, default=4000, help="SST-2 training rows (a seeded sample)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ood-rows", type=int, default=0, help="FPB: score a seeded sample of the tweets (0: all 9,543)")
     ap.add_argument("extra", nargs="*", help="more `domaintune run` flags, after --")
     args = ap.parse_args()
     if args.case != "tickets" and not os.path.isdir(DATA):
         sys.exit(f"needs {DATA}")
-    result = measure(args.case, args.rows, args.seed, args.extra)
+    result = measure(args.case, args.rows, args.seed, args.extra, args.ood_rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

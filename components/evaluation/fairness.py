@@ -95,7 +95,8 @@ def warnings(findings: dict, limit: float) -> list[str]:
             axis = name.split(" ")[0]
             shown = "NaN" if rate is None or math.isnan(rate) else f"{rate:.3f}"
             out.append(f"bias: {name} flips {shown} of {m['n_pairs']} identity-swapped pairs "
-                       f"(> {limit}); not blocking: your test texts do not show it; gate it with --bias-axes {axis}")
+                       f"(> {limit}) in the probe's template sentences, not your test texts: reported, not blocking "
+                       f"(--bias-axes {axis} gates it)")
     return out
 
 

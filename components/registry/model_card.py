@@ -107,7 +107,7 @@ def _metrics_context(s: dict) -> dict:
     pytorch = metrics.get("test_pytorch")
     baselines, ood = s.get("baselines") or {}, s.get("ood") or {}
     return {"test": test, "validation": metrics.get("validation") or {},
-            "baseline_table": [[name, b.get("accuracy"), b.get("macro_f1"), b.get("lift"), b.get("seconds")]
+            "baseline_table": [[name, b.get("accuracy"), b.get("macro_f1"), b.get("lift"), _fmt(b.get("seconds"), 1)]
                                for name, b in (baselines.get("models") or {}).items()],
             "calibration": s.get("calibration") or None,
             "ood_table": [[name, o.get("n"), o.get("accuracy"), o.get("macro_f1"), o.get("drop")]
