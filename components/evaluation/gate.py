@@ -6,6 +6,7 @@ decide(...) ->
      "beats_champion": bool,         # strictly better than a comparable champion (True when none exists)
      "reasons": [str, ...],          # one line per failed blocking check (empty when passed)
      "notes": [str, ...],            # informational: no champion, checks skipped, int8 fallback
+     "warnings": [str, ...],         # template-only bias findings over the flip limit (not blocking)
      "checks": [{"name", "value", "op", "threshold", "passed", "blocking", "skipped", "detail"}, ...],
      "champion": {...} | None,       # the champion as compared (its macro_f1 and identity), None if none
      "thresholds": {...}}
