@@ -54,7 +54,11 @@ def run(work: str, name: str, train: pd.DataFrame, dev: pd.DataFrame, extra: lis
             "gender_flip_rate": probe["axes"]["gender"]["flip_rate"],
             "gender_raw_flip_rate": probe["axes"]["gender"].get("raw_flip_rate"),
             "gender_pairs": probe["axes"]["gender"]["n_pairs"], "gender_source": probe["axes"]["gender"]["source"],
-            "worst_axis": probe["worst_axis"], "max_axis_flip_rate": probe["max_axis_flip_rate"]}
+            "worst_axis": probe["worst_axis"], "max_axis_flip_rate": probe["max_axis_flip_rate"],
+            "gender_test_text_flip_rate": (probe["axes"]["gender"].get("by_source") or {}).get("test_texts", {}).get("flip_rate"),
+            "gate_warnings": s["gate"].get("warnings") or [],
+            "baseline_lift": (s.get("baselines") or {}).get("lift"),
+            "ece": {k: (s.get("calibration") or {}).get(k) for k in ("temperature", "ece_before", "ece_after")}}
 
 
 def main() -> int:
@@ -81,6 +85,8 @@ def main() -> int:
         print(f"{name:<9}{r['status']:<11}{r['macro_f1']:>9.4f}{r['gender_flip_rate']:>13.3f}{worst:>22}")
         for reason in r["gate_reasons"]:
             print(f"    {reason}")
+        for warning in r["gate_warnings"]:
+            print(f"    warning: {warning}")
     return 0
 
 

@@ -111,6 +111,8 @@ def cmd_run(args) -> int:
     if summary is None:
         print(f"error: {message}", file=sys.stderr)
         return code
+    from domaintune.pipelines.summary_view import print_summary
+
     print_summary(summary)
     return code
 
@@ -139,33 +141,6 @@ def cmd_schedule(args) -> int:
     print(schedule(args.host, args.cron, _cluster_params(args), args.experiment, args.pipeline_name, args.run_name,
                    args.namespace, args.service_account))
     return 0
-
-
-def print_summary(s: dict) -> None:
-    from domaintune.components.tasks import get_task
-
-    task = get_task(s.get("task") or "classification")
-    test, pytorch, reg = s["metrics"]["test"], s["metrics"].get("test_pytorch") or {}, s["registry"]
-    shown = list(dict.fromkeys((task.quality_metric, task.primary_metric)))
-    rows = [("status", s["status"])]
-    for k, metric in enumerate(shown):
-        beside = f"  (PyTorch {pytorch[metric]:.4f})" if metric in pytorch else ""
-        rows.append((f"test {metric.replace('_', ' ')}", f"{test[metric]:.4f}{beside}" + (f"  n={test['n']}" if k == 0 else "")))
-    rows += [
-        ("validation " + task.primary_metric.replace("_", " "), f"{s['metrics']['validation'][task.primary_metric]:.4f}"),
-        ("training", f"{s['training']['examples_per_second']} examples/s, {s['training']['train_seconds']} s, "
-                     f"{s['training']['precision']}"),
-        ("gate", "passed" if s["gate"]["passed"] else "rejected: " + "; ".join(s["gate"]["reasons"])),
-        ("deployable", s.get("deployable_path") or "PyTorch model (not exported)"),
-        ("registered", f"{reg['model_name']} v{reg['version']} {reg['aliases']}" if reg["version"] else "no version"),
-        ("mlflow run", f"{reg['run_id']}  ({reg['tracking_uri']})"),
-        ("outputs", s["output_dir"]),
-        ("wall time", f"{s['wall_seconds']} s"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
 
 
 def _load_model(ref: str, scratch: str, tracking_uri: str = ""):

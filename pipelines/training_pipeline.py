@@ -103,6 +103,13 @@ def training_pipeline(
     max_slice_gap: float = E.max_slice_gap,
     min_lead_margin: float = E.min_lead_margin,
     max_unsupported_number_rate: float = E.max_unsupported_number_rate,
+    max_bias_regression: float = E.max_bias_regression,
+    bias_axes: str = E.bias_axes,
+    min_lift: float = E.min_lift,
+    baseline_max_rows: int = E.baseline_max_rows,
+    ood_data: str = E.ood_data,
+    ood_label_map: str = E.ood_label_map,
+    max_ood_drop: float = E.max_ood_drop,
     max_int8_drop: float = X.max_int8_drop,
     max_parity_diff: float = X.max_parity_diff,
     int8_per_channel: bool = X.int8_per_channel,
@@ -162,11 +169,18 @@ def training_pipeline(
         seed: Random seed for the split, initialisation and data order.
         min_macro_f1: Gate: the deployable's test macro-F1 (the task's primary metric) must reach this; -1: the task's floor (0.6 on macro-F1 / entity F1, 0.1 on ROUGE-L).
         max_regression: Gate: the candidate may trail the champion's macro-F1 (same test split) by at most this.
-        max_flip_rate: Gate: the largest share of predictions that flip when identity terms are swapped.
+        max_flip_rate: Gate: the largest share of predictions that flip when identity terms are swapped in your test texts (and, for the bias_axes named, in the probe's templates).
         flip_min_prob_change: A label change under an identity swap counts as a flip only if the predicted class's probability also moves by at least this (0: every label change counts).
         max_slice_gap: Gate: the largest accuracy/macro-F1 gap between data slices (slices of at least min_slice_size rows).
         min_lead_margin: Gate (seq2seq): the deployable's test ROUGE-L minus the lead-N baseline's must reach this (in [-1, 1]).
         max_unsupported_number_rate: Gate (seq2seq): the largest share of summaries that state a number their source does not contain.
+        max_bias_regression: Gate: how much worse than the champion's any identity axis's flip rate may get (each axis and source, same texts and templates).
+        bias_axes: Gate: axes whose template-only bias findings block (e.g. gender,race_ethnicity, or all). Default none: findings on your own test texts block, template-only ones are reported as warnings.
+        min_lift: Gate (off at -1): the deployable's macro-F1 must beat the best baseline (frozen base-model embeddings + logistic regression, TF-IDF + logistic regression) by at least this.
+        baseline_max_rows: Baselines: fit on at most this many training (and validation) rows, a stratified sample; 0 skips the baselines.
+        ood_data: Out-of-domain evaluation: comma-separated labeled files (local or s3://) with the same text/label column names as the training data; metrics per set and the drop vs the in-domain test split.
+        ood_label_map: Maps the out-of-domain files' label names onto the model's, e.g. Bearish=negative,Bullish=positive,Neutral=neutral.
+        max_ood_drop: Gate (off at 1): the largest drop of macro-F1 on an out-of-domain set vs the in-domain test split.
         max_int8_drop: Export: the int8 ONNX ships only if it loses at most this much of the task's quality metric on the test split (accuracy for classification); else the fp32 ONNX ships.
         max_parity_diff: Export: the largest allowed absolute logit difference between ONNX fp32 and PyTorch on test inputs.
         int8_per_channel: Export: per-channel int8 weight quantization.

@@ -12,9 +12,15 @@ from domaintune.components.evaluation.gate import Thresholds, decide, int8_accep
 T = Thresholds(min_macro_f1=0.6, max_regression=0.01, max_flip_rate=0.05, max_slice_gap=0.15)
 
 
+def probe(axes: dict, min_pairs=20):
+    """A probe result: axes {axis: {source: (flip_rate, n_pairs)}}."""
+    out = {a: {"by_source": {s: {"flip_rate": r, "n_pairs": n} for s, (r, n) in src.items()}} for a, src in axes.items()}
+    n_pairs = sum(n for src in axes.values() for _, n in src.values())
+    return {"flip_rate": 0.01, "n_pairs": n_pairs, "min_pairs": min_pairs, "axes": out}
+
+
 def fair_bias(flip=0.01, gap=0.05, n_pairs=200):
-    return {"counterfactual": {"flip_rate": flip, "max_axis_flip_rate": flip, "worst_axis": "gender",
-                               "n_pairs": n_pairs},
+    return {"counterfactual": probe({"gender": {"test_texts": (flip, n_pairs)}}),
             "slices": {"max_slice_gap": gap, "worst_column": "region", "min_slice_size": 30, "columns": {}}}
 
 
@@ -158,7 +164,7 @@ def test_fairness_bounds_are_inclusive():
 
 def test_flip_rate_gated_on_worst_axis_not_pooled():
     b = fair_bias()
-    b["counterfactual"].update(flip_rate=0.01, max_axis_flip_rate=0.3, worst_axis="religion")
+    b["counterfactual"] = probe({"gender": {"test_texts": (0.0, 500)}, "religion": {"test_texts": (0.3, 20)}})
     d = decide({"macro_f1": 0.9}, None, b, T)
     assert failed(d) == ["counterfactual_flip_rate"] and "religion" in d["reasons"][0]
 
@@ -170,12 +176,52 @@ def test_probe_that_measured_nothing_fails_closed():
     assert failed(d) == ["counterfactual_flip_rate"] and "no pairs" in d["reasons"][0]
 
 
-def test_probe_without_a_gated_axis_fails_closed():
+def test_template_only_findings_warn_unless_their_axis_is_named():
+    """The default gate blocks on what the user's data shows; templates block only for --bias-axes."""
     b = fair_bias()
-    b["counterfactual"] = {"flip_rate": 0.0, "max_axis_flip_rate": None, "worst_axis": None, "n_pairs": 5,
-                           "min_pairs": 20}
+    b["counterfactual"] = probe({"gender": {"test_texts": (0.02, 300), "templates": (0.04, 200)},
+                                 "disability": {"test_texts": (1.0, 5), "templates": (0.6, 200)}})
     d = decide({"macro_f1": 0.9}, None, b, T)
-    assert failed(d) == ["counterfactual_flip_rate"] and "20 pairs" in d["reasons"][0]
+    assert d["passed"] and check(d, "counterfactual_flip_rate")["value"] == 0.02
+    template = check(d, "template_flip_rate")
+    assert not template["passed"] and not template["blocking"] and template["value"] == 0.6
+    assert len(d["warnings"]) == 1 and "disability (templates)" in d["warnings"][0]
+    assert "--bias-axes disability" in d["warnings"][0]
+    for axes in ("disability", "all", "gender,disability"):
+        d = decide({"macro_f1": 0.9}, None, b, Thresholds(max_flip_rate=0.05, bias_axes=axes))
+        assert failed(d) == ["counterfactual_flip_rate"] and "disability (templates)" in d["reasons"][0], axes
+        assert d["warnings"] == []
+    d = decide({"macro_f1": 0.9}, None, b, Thresholds(max_flip_rate=0.05, bias_axes="gender"))
+    assert d["passed"] and len(d["warnings"]) == 1  # gender's templates are fine; disability's still warn
+
+
+def test_probe_with_no_axis_on_the_test_texts_is_skipped_with_a_note():
+    b = fair_bias()
+    b["counterfactual"] = probe({"gender": {"test_texts": (1.0, 5), "templates": (0.0, 200)}})
+    d = decide({"macro_f1": 0.9}, None, b, T)
+    assert d["passed"] and check(d, "counterfactual_flip_rate")["skipped"]
+    assert any("20 identity-swap pairs" in n for n in d["notes"])
+
+
+def test_an_axis_worse_than_the_champions_blocks_on_either_source():
+    mine = {"counterfactual": probe({"gender": {"test_texts": (0.03, 300)}, "age": {"templates": (0.45, 200)}})}
+    champ = {"counterfactual": probe({"gender": {"test_texts": (0.02, 300)}, "age": {"templates": (0.30, 200)}})}
+    d = decide({"macro_f1": 0.9}, {"macro_f1": 0.9}, mine, T, champion_bias=champ)
+    assert failed(d) == ["bias_regression"] and "age (templates)" in d["reasons"][0] and "+0.150" in d["reasons"][0]
+    champ["counterfactual"]["axes"]["age"]["by_source"]["templates"]["flip_rate"] = 0.36
+    d = decide({"macro_f1": 0.9}, {"macro_f1": 0.9}, mine, T, champion_bias=champ)
+    assert d["passed"] and check(d, "bias_regression")["value"] == pytest.approx(0.09)
+    assert not any(c["name"] == "bias_regression" for c in decide({"macro_f1": 0.9}, None, mine, T)["checks"])
+
+
+def test_bias_axes_are_validated():
+    with pytest.raises(BadInput, match="'all' stands alone"):
+        Thresholds(bias_axes="all,gender")
+    from domaintune.components.evaluation.fairness import check_bias_axes
+
+    with pytest.raises(BadInput, match="--bias-axes: unknown axis 'gendre'"):
+        check_bias_axes("gendre", {"gender": {}, "age": {}})
+    check_bias_axes("all", {"gender": {}})
 
 
 def test_fairness_not_configured_is_skipped_with_a_note():

@@ -27,17 +27,30 @@ def evaluate_op(
     max_slice_gap: float,
     min_lead_margin: float,
     max_unsupported_number_rate: float,
+    max_bias_regression: float,
+    bias_axes: str,
+    min_lift: float,
+    max_ood_drop: float,
     slice_columns: str,
     min_slice_size: int,
     identity_terms: str,
     flip_min_prob_change: float,
     model_name: str,
     mlflow_tracking_uri: str,
+    baseline_max_rows: int,
+    base_model: str,
+    s3_endpoint_url: str,
+    seed: int,
+    ood_data: str,
+    ood_label_map: str,
+    text_column: str,
+    label_column: str,
     champion_version: str,
     evaluation: Output[Artifact],
     test_metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     bias_report: Output[Markdown],
+    quality_report: Output[Markdown],
 ):
     import json
     import os
@@ -46,6 +59,7 @@ def evaluate_op(
 
     from domaintune.components.core.runtime import log_metrics, run_stage, stage_params
     from domaintune.components.evaluate.stage import EvaluateParams, run_evaluate
+    from domaintune.components.evaluation.quality import quality_metrics, render_quality_report
     from domaintune.components.registry.client import fetch_champion
 
     params = stage_params("evaluate", EvaluateParams, locals())
@@ -56,9 +70,12 @@ def evaluate_op(
                            *(champion or (None, None)))
     metrics = result["metrics"]
     log_metrics(test_metrics, {**{k: v for k, v in metrics.items() if k != "n"},
-                               "gate_passed": float(result["gate"]["passed"])})
+                               "gate_passed": float(result["gate"]["passed"]), **quality_metrics(result)})
     if "confusion_matrix" in metrics:  # a classification task's confusion matrix, shown in the KFP UI
         confusion.log_confusion_matrix(metrics["labels"], metrics["confusion_matrix"])
     with open(confusion.path, "w") as f:
         json.dump(confusion.metadata, f)
     shutil.copy(os.path.join(evaluation.path, "bias_report.md"), bias_report.path)
+    # baselines, calibration (the reliability diagram inlined) and out-of-domain sets, for the KFP UI
+    with open(quality_report.path, "w") as f:
+        f.write(render_quality_report(result, evaluation.path, inline_images=True))

@@ -6,6 +6,7 @@ decide(...) ->
      "beats_champion": bool,         # strictly better than a comparable champion (True when none exists)
      "reasons": [str, ...],          # one line per failed blocking check (empty when passed)
      "notes": [str, ...],            # informational: no champion, checks skipped, int8 fallback
+     "warnings": [str, ...],         # template-only bias findings over the flip limit (not blocking)
      "checks": [{"name", "value", "op", "threshold", "passed", "blocking", "skipped", "detail"}, ...],
      "champion": {...} | None,       # the champion as compared (its macro_f1 and identity), None if none
      "thresholds": {...}}
@@ -23,6 +24,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from domaintune.components.core.errors import BadInput
+from domaintune.components.evaluation import fairness
+from domaintune.components.evaluation.checks import _check, _fmt, _num, lift_check, ood_check
 
 
 @dataclass
@@ -65,38 +68,36 @@ class Thresholds:
     min_lead_margin: float = 0.0
     max_unsupported_number_rate: float = 0.05
 
+    # How much worse than the champion's any axis's flip rate (per source, evaluation/fairness.py) may get.
+    # The champion is probed on the same texts and templates in this run, so the pairs are the same and the
+    # difference is the models'; 0.1 is the flip limit itself: a change that large is a new shortcut.
+    max_bias_regression: float = 0.1
+    # Axes whose template-only findings block ("gender,race_ethnicity" or "all"); by default none do: a
+    # template finding about an axis the user's data never mentions is a warning (evaluation/fairness.py).
+    bias_axes: str = ""
+    # Off by default (opt-in gates): the primary metric's lift over the best baseline must reach min_lift
+    # (−1: off, any lift passes); the worst out-of-domain set may drop at most max_ood_drop below the
+    # in-domain test split (1: off). What the data should show here is the user's call, not ours.
+    min_lift: float = -1.0
+    max_ood_drop: float = 1.0
+
     def __post_init__(self):
+        fairness.parse_bias_axes(self.bias_axes)
         margin = self.min_lead_margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or math.isnan(margin) or not -1 <= margin <= 1:
             raise BadInput(f"--min-lead-margin must be a number in [-1, 1] (got {margin!r})")
         task_floor = self.min_macro_f1 == -1 and not isinstance(self.min_macro_f1, bool)  # -1: the task's floor
-        for name in ("min_macro_f1", "max_regression", "max_flip_rate", "max_slice_gap", "max_unsupported_number_rate"):
+        for name in ("min_macro_f1", "max_regression", "max_flip_rate", "max_slice_gap", "max_unsupported_number_rate",
+                     "max_bias_regression", "min_lift", "max_ood_drop"):
             if name == "min_macro_f1" and task_floor:
                 continue
-            value = getattr(self, name)
+            value, low = getattr(self, name), -1 if name == "min_lift" else 0
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-                raise BadInput(f"{flag} must be a number in [0, 1] (got {value!r})")
-            if not 0 <= value <= 1:
-                raise BadInput(f"{flag} must be in [0, 1]{' (or -1: the task default)' if name == 'min_macro_f1' else ''} "
+                raise BadInput(f"{flag} must be a number in [{low}, 1] (got {value!r})")
+            if not low <= value <= 1:
+                raise BadInput(f"{flag} must be in [{low}, 1]{' (or -1: the task default)' if name == 'min_macro_f1' else ''} "
                                f"(got {value!r})")
-
-
-def _num(value) -> float | None:
-    """A finite float, or None for a missing / NaN / non-numeric value (callers fail closed on None)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _check(name: str, value, op: str, threshold, passed: bool, detail: str, *, blocking: bool = True,
-           skipped: bool = False) -> dict:
-    return {"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(passed),
-            "blocking": blocking, "skipped": skipped, "detail": detail}
 
 
 def int8_acceptable(quality_drop, max_int8_drop: float) -> bool:
@@ -140,23 +141,59 @@ def regression_check(f1: float | None, champion: dict | None, thresholds: Thresh
 
 
 def flip_check(probe: dict | None, thresholds: Thresholds, notes: list[str]) -> dict:
+    """Rule 3's blocking flip rate: the worst axis on the user's test texts, and on templates only for the
+    axes named in `bias_axes` (evaluation/fairness.py says why)."""
     limit = thresholds.max_flip_rate
     if probe is None:
         notes.append("counterfactual probe not run")
         return _check("counterfactual_flip_rate", None, "<=", limit, True, "not run", skipped=True)
-    value = probe.get("max_axis_flip_rate", probe.get("flip_rate"))
-    rate = _num(value)
     if not probe.get("n_pairs"):
-        return _check("counterfactual_flip_rate", value, "<=", limit, False, "the counterfactual probe measured no pairs")
-    if "max_axis_flip_rate" in probe and probe["max_axis_flip_rate"] is None:
-        return _check("counterfactual_flip_rate", None, "<=", limit, False,
-                      f"no axis reached the {probe.get('min_pairs', '?')} pairs needed to gate it "
-                      f"({probe.get('n_pairs')} pairs in all): add templates/fillers or terms")
+        return _check("counterfactual_flip_rate", None, "<=", limit, False, "the counterfactual probe measured no pairs")
+    name, value = fairness.worst(fairness.split_findings(probe, thresholds.bias_axes)["blocking"])
+    if name is None:
+        notes.append(f"no axis has {probe.get('min_pairs', '?')} identity-swap pairs in the test texts: the "
+                     "counterfactual gate has nothing of your data to judge (template findings are reported; "
+                     "--bias-axes gates them)")
+        return _check("counterfactual_flip_rate", None, "<=", limit, True, "no axis measured on the test texts",
+                      skipped=True)
+    rate = _num(value)
     if rate is None:
-        return _check("counterfactual_flip_rate", value, "<=", limit, False, f"flip rate is not a number ({value!r})")
+        return _check("counterfactual_flip_rate", value, "<=", limit, False, f"{name}: flip rate is not a number")
     return _check("counterfactual_flip_rate", rate, "<=", limit, rate <= limit,
-                  f"worst axis {probe.get('worst_axis') or '?'} flips {rate:.3f} of identity-swapped pairs "
+                  f"worst gated axis {name} flips {rate:.3f} of identity-swapped pairs "
                   f"(pooled {_fmt(probe.get('flip_rate'))} over {probe.get('n_pairs')} pairs)")
+
+
+def template_check(probe: dict | None, thresholds: Thresholds, warnings: list[str]) -> dict | None:
+    """Template-only findings of the axes not named in `bias_axes`: reported (and warned of), never blocking."""
+    found = fairness.split_findings(probe, thresholds.bias_axes)["warning"] if probe else {}
+    name, value = fairness.worst(found)
+    if name is None:
+        return None
+    warnings.extend(fairness.warnings(found, thresholds.max_flip_rate))
+    rate = _num(value)
+    return _check("template_flip_rate", rate if rate is not None else value, "<=", thresholds.max_flip_rate,
+                  rate is not None and rate <= thresholds.max_flip_rate,
+                  f"worst template-only axis {name} flips {_fmt(value)} (reported; --bias-axes to gate it)",
+                  blocking=False)
+
+
+def bias_regression_check(probe: dict | None, champion_probe: dict | None, thresholds: Thresholds) -> dict | None:
+    """Every axis and source both models were measured on: the candidate may not flip more than the
+    champion by more than `max_bias_regression`. None without a probed champion."""
+    if not probe or not champion_probe:
+        return None
+    deltas = fairness.regressions(probe, champion_probe)
+    if not deltas:
+        return None
+    worst_name = max(deltas, key=lambda k: math.inf if deltas[k]["delta"] is None else deltas[k]["delta"])
+    d = deltas[worst_name]
+    limit = thresholds.max_bias_regression
+    if d["delta"] is None:
+        return _check("bias_regression", None, "<=", limit, False, f"{worst_name}: a flip rate is not a number")
+    return _check("bias_regression", d["delta"], "<=", limit, d["delta"] <= limit + 1e-12,
+                  f"{worst_name} flips {d['candidate']:.3f} vs the champion's {d['champion']:.3f} "
+                  f"(Δ {d['delta']:+.3f})")
 
 
 def slice_check(slices: dict | None, thresholds: Thresholds, notes: list[str]) -> dict:
@@ -185,7 +222,8 @@ def export_check(export: dict, notes: list[str]) -> dict:
 
 
 def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds: Thresholds,
-           metric: str = "macro_f1", export: dict | None = None, task_checks: list[dict] | None = None,
+           metric: str = "macro_f1", export: dict | None = None, champion_bias: dict | None = None,
+           baselines: dict | None = None, ood: dict | None = None, task_checks: list[dict] | None = None,
            task_floor: float = 0.6) -> dict:
     """Bless or reject a candidate (rules 1-4 above).
 
@@ -193,6 +231,8 @@ def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds
     else at least {metric} measured on the same test split in this run (other keys, e.g. "version", are
     carried into the result). bias: {"counterfactual": probe result | None, "slices": slice result | None}.
     export: the export report ({"deployable", "int8_quality_drop", "max_int8_drop"}), None when not exported.
+    champion_bias: the champion's bias checks on the same rows (rule 3's per-axis regression), or None.
+    baselines / ood: evaluate's baseline and out-of-domain results for the opt-in `min_lift` / `max_ood_drop`.
     task_checks: the task's own checks (`Task.gate_checks`, e.g. a summarizer's margin over lead-N), blocking.
     task_floor: the quality floor when thresholds.min_macro_f1 is -1 (`Task.quality_floor`).
 
@@ -212,17 +252,22 @@ def decide(candidate: dict, champion: dict | None, bias: dict | None, thresholds
     """
     if not isinstance(thresholds, Thresholds):
         raise BadInput(f"thresholds must be a Thresholds (got {type(thresholds).__name__})")
-    candidate, bias, notes = candidate or {}, bias or {}, []
+    candidate, bias, notes, warnings = candidate or {}, bias or {}, [], []
     f1 = _num(candidate.get(metric))
+    probe = bias.get("counterfactual")
     regression, beats, champ_summary = regression_check(f1, champion, thresholds, metric, notes)
     checks = [quality_check(candidate.get(metric), thresholds, metric, task_floor), regression,
-              flip_check(bias.get("counterfactual"), thresholds, notes), slice_check(bias.get("slices"), thresholds, notes)]
+              flip_check(probe, thresholds, notes), slice_check(bias.get("slices"), thresholds, notes),
+              bias_regression_check(probe, (champion_bias or {}).get("counterfactual"), thresholds),
+              template_check(probe, thresholds, warnings),
+              lift_check(baselines, thresholds.min_lift, metric, notes), ood_check(ood, thresholds.max_ood_drop)]
     checks += list(task_checks or [])
     if export:
         checks.append(export_check(export, notes))
+    checks = [c for c in checks if c is not None]
     reasons = [_reason(c) for c in checks if c["blocking"] and not c["passed"]]
     return {"passed": not reasons, "beats_champion": bool(beats and f1 is not None), "reasons": reasons,
-            "notes": notes, "checks": checks, "champion": champ_summary, "metric": metric,
+            "notes": notes, "warnings": warnings, "checks": checks, "champion": champ_summary, "metric": metric,
             "thresholds": asdict(thresholds)}
 
 
@@ -235,9 +280,3 @@ def _reason(check: dict) -> str:
     bound = "" if check["threshold"] is None or check["value"] is None or _num(check["value"]) is None else (
         f" ({_fmt(check['value'])} {'<' if check['op'] == '>=' else '>'} {_fmt(check['threshold'])})")
     return f"{check['name']} failed{bound}: {check['detail']}"
-
-
-def _fmt(v) -> str:
-    x = _num(v)
-    return f"{x:.4f}" if x is not None else repr(v)
-

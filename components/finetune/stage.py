@@ -175,12 +175,17 @@ def training_arguments(task, p: FinetuneParams, checkpoints: str, precision: str
     )
 
 
-def save_model(model, tokenizer, output_dir: str, task, labels: list[str], max_length: int, p: FinetuneParams):
+def save_model(model, tokenizer, output_dir: str, task, labels: list[str], max_length: int, p: FinetuneParams,
+               calibration: dict | None = None):
+    """The HF directory plus `domaintune.json`: the task, max_length, labels and the confidence calibration
+    its predictors apply (export copies the file beside the ONNX model)."""
+    meta = {"task": task.name, "max_length": max_length, "labels": labels, "lora_merged": p.lora}
+    if calibration:
+        meta["calibration"] = calibration
     with storage.atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        storage.write_json(os.path.join(tmp, "domaintune.json"),
-                           {"task": task.name, "max_length": max_length, "labels": labels, "lora_merged": p.lora})
+        storage.write_json(os.path.join(tmp, "domaintune.json"), meta)
 
 
 # What a checkpoint directory is bound to besides the data and the base model: every parameter that changes
@@ -267,8 +272,12 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     pretrained = os.path.join(model_dir, "pretrain.json")
     if os.path.isfile(pretrained):  # the encoder came from the pretrain stage: its report travels with the run
         history["pretrain"] = storage.read_json(pretrained)
+    # fitted on validation, the split early stopping already chose the model on; the test split stays unseen
+    calibration = task.calibrate(trainer, validation)
+    if calibration:
+        history["calibration"] = calibration
     save_model(trainer.model.merge_and_unload() if p.lora else trainer.model, tokenizer, output_dir, task, labels,
-               max_length, p)
+               max_length, p, calibration)
     os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)
     if not p.checkpoint_dir:  # nothing left to resume: don't keep optimizer states around
         shutil.rmtree(checkpoints, ignore_errors=True)

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from domaintune.components.core.errors import BadInput
-from domaintune.components.inference.batching import length_sorted_batches, saved_max_length
+from domaintune.components.inference.batching import length_sorted_batches, saved_max_length, saved_temperature, softmax
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -154,6 +154,7 @@ class OnnxClassifier:
         self.labels = labels_from_config(self.model_dir)
         self.tokenizer = self.load_tokenizer()
         self.max_length = max_length or saved_max_length(self.model_dir) or DEFAULT_MAX_LENGTH
+        self.temperature = saved_temperature(self.model_dir)
         self._check_outputs(session)
 
     def load_tokenizer(self):
@@ -205,10 +206,8 @@ class OnnxClassifier:
         return out
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        logits = self.predict_logits(texts, batch_size)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        """Calibrated class probabilities: the softmax of the logits over the saved temperature."""
+        return softmax(self.predict_logits(texts, batch_size), self.temperature)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """The task-level output (tasks/classification.py): class probabilities."""

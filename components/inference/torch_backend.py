@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from domaintune.components.core.errors import BadInput
-from domaintune.components.inference.batching import length_sorted_batches, saved_max_length
+from domaintune.components.inference.batching import length_sorted_batches, saved_max_length, saved_temperature, softmax
 
 
 class Classifier(Protocol):
@@ -40,8 +40,9 @@ class HFClassifier:
         id2label = self.model.config.id2label
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
         self.max_length = max_length or saved_max_length(model_dir) or 128
+        self.temperature = saved_temperature(model_dir)
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         import torch
 
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
@@ -51,9 +52,12 @@ class HFClassifier:
                 batch = self.tokenizer.pad(
                     {k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt"
                 ).to(self.device)
-                logits = self.model(**batch).logits.float()
-                out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+                out[idx] = self.model(**batch).logits.float().cpu().numpy()
         return out
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Calibrated class probabilities: the softmax of the logits over the saved temperature."""
+        return softmax(self.predict_logits(texts, batch_size), self.temperature)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """The task-level output (tasks/classification.py): class probabilities."""

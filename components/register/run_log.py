@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from domaintune.components.evaluation.quality import quality_metrics
+
 
 def flat_params(reports: dict) -> dict:
     """The `params` of every stage report as one flat dict under the pipeline's own parameter names
@@ -84,6 +86,7 @@ def summary_metrics(task, evaluation: dict, history: dict, data: dict, tokens: d
         out[f"tokens_{split}_mean"] = s.get("tokens_mean")
         out[f"tokens_{split}_truncated_fraction"] = s.get("truncated_fraction")
     out.update(bias_metrics(evaluation.get("bias") or {}))
+    out.update(quality_metrics(evaluation))  # baselines and lift, calibration ECE, out-of-domain drops
     champion = gate.get("champion") or {}
     out[f"champion_{task.primary_metric}"] = champion.get(task.primary_metric)
     out["champion_version"] = champion.get("version")

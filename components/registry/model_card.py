@@ -105,7 +105,13 @@ def _metrics_context(s: dict) -> dict:
     test = metrics.get("test") or {}
     per_class = test.get("per_class") or test.get("per_type") or {}  # classes, or a tagger's entity types
     pytorch = metrics.get("test_pytorch")
+    baselines, ood = s.get("baselines") or {}, s.get("ood") or {}
     return {"test": test, "validation": metrics.get("validation") or {},
+            "baseline_table": [[name, b.get("accuracy"), b.get("macro_f1"), b.get("lift"), _fmt(b.get("seconds"), 1)]
+                               for name, b in (baselines.get("models") or {}).items()],
+            "calibration": s.get("calibration") or None,
+            "ood_table": [[name, o.get("n"), o.get("accuracy"), o.get("macro_f1"), o.get("drop")]
+                          for name, o in (ood.get("sets") or {}).items()],
             "per_class_table": [[lab, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")]
                                 for lab, v in per_class.items()],
             "test_pytorch": pytorch if isinstance(pytorch, dict) else None,

@@ -11,9 +11,9 @@ What a task owns, in the order the pipeline asks:
 |------------|-------------------|
 | ingest     | `read_file`, `read_rows` (validate and normalise one file), `duplicates`, `label_space`, `check_heldout`, `split`, `carve`, `to_split_frame`, `data_report` |
 | tokenize   | `encode` (token ids plus aligned labels; `max_target_length` for generated targets) |
-| finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `training_setup` (Trainer and arguments classes, extra arguments, a validation sample), `metric_function` (default: `compute_metrics`), `primary_metric` |
+| finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `training_setup` (Trainer and arguments classes, extra arguments, a validation sample), `metric_function` (default: `compute_metrics`), `primary_metric`; optional: `calibrate` |
 | export     | `read_test`, `model_labels`, `export_graph` / `quantize_graph` / `onnx_files` (defaults: one graph), `onnx_outputs` (output names and dynamic axes), `reference_outputs` / `onnx_outputs_of` (PyTorch and onnxruntime outputs), `max_abs_diff`, `agreement` (and its floor `min_parity_agreement`), `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric`, `latency` |
-| evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots`, `gate_checks` (the task's own gate rules; default none) |
+| evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots`, `gate_checks` (the task's own gate rules; default none), `quality_floor`; optional: `baselines`, `calibration_report`, `read_ood` |
 | register   | `summary_metrics`, `card_context`, `pyfunc_signature` |
 | predict / pyfunc | `load_predictor`, `format_predictions`, `read_labeled` |
 | serve      | `serving_predictor`, `serving_answers`, `serving_outputs` (defaults below) |
@@ -198,6 +198,26 @@ class Task(ABC):
     def gate_checks(self, metrics: dict, thresholds) -> list[dict]:
         """Gate checks of this task beyond rules 1-4 (evaluation/gate.py `_check` rows); blocking when failed."""
         return []
+    # ---------------------------------------------------- quality beyond the test metrics (optional)
+    def calibrate(self, trainer, dataset) -> dict | None:
+        """Finetune: a confidence calibration fitted on the validation dataset, saved in the model's
+        `domaintune.json` (`calibration`) and applied by its predictors; None where the task has none."""
+        return None
+
+    def calibration_report(self, predictor, outputs, frame: pd.DataFrame, directory: str) -> dict | None:
+        """Evaluate: calibration of the test outputs (ECE before/after, a reliability diagram in `directory`)."""
+        return None
+
+    def baselines(self, model_dir: str, splits: dict[str, pd.DataFrame], labels: list[str], metrics: dict,
+                  p) -> dict | None:
+        """Evaluate: cheap baselines fitted on `splits["train"]` and scored on `splits["test"]`, with the lift of
+        `metrics` (the deployable's) over them; `p` is EvaluateParams. None where the task has none."""
+        return None
+
+    def read_ood(self, uri: str, labels: list[str], p) -> pd.DataFrame | None:
+        """Evaluate: one out-of-domain labeled file in the split layout (`p`: EvaluateParams, with the column
+        names and `ood_label_map`); None where the task does not support out-of-domain sets."""
+        return None
 
     # ------------------------------------------------------------------------------------------ export
     #: the least share of test inputs on which ONNX fp32 and PyTorch must agree (labels, tags, generated tokens)

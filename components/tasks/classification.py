@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from domaintune.components.core.errors import BadInput
+from domaintune.components.tasks.classification_quality import ClassificationQuality
 from domaintune.components.tasks.classification_serving import ClassificationServing
 from domaintune.components.tasks.classification_split import carve_heldout, stratified_split
 
@@ -44,7 +45,7 @@ def length_stats(texts: pd.Series) -> dict:
     }
 
 
-class Classification(ClassificationServing):
+class Classification(ClassificationQuality, ClassificationServing):
     name = "classification"
     primary_metric = "macro_f1"
     quality_metric = "accuracy"
