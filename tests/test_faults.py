@@ -139,8 +139,8 @@ KILLED_TRAINING = textwrap.dedent("""
 
     plain = stage.timed_trainer_class
 
-    def pausing():  # after the first checkpoint is complete, wait to be killed
-        class Pausing(plain()):
+    def pausing(base=None):  # after the first checkpoint is complete, wait to be killed
+        class Pausing(plain(base)):
             def _save_checkpoint(self, *args, **kwargs):
                 out = super()._save_checkpoint(*args, **kwargs)
                 print("checkpoint saved at step", self.state.global_step, flush=True)

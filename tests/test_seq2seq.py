@@ -110,10 +110,10 @@ def test_gate_blocks_on_lead_margin_and_unsupported_numbers():
     metrics = {"rougeL": 0.40, "lead_margin": -0.02, "unsupported_number_rate": 0.2, "lead_baseline": "lead_1",
                "baselines": {"lead_1": {"rougeL": 0.42}}}
     t = Thresholds(min_macro_f1=0.3)
-    gate = decide(metrics, None, None, t, "rougeL", None, gate_checks(metrics, t))
+    gate = decide(metrics, None, None, t, "rougeL", None, task_checks=gate_checks(metrics, t))
     assert not gate["passed"] and [r.split()[0] for r in gate["reasons"]] == ["lead_margin", "unsupported_numbers"]
     loose = Thresholds(min_macro_f1=0.3, min_lead_margin=-0.05, max_unsupported_number_rate=0.25)
-    assert decide(metrics, None, None, loose, "rougeL", None, gate_checks(metrics, loose))["passed"]
+    assert decide(metrics, None, None, loose, "rougeL", None, task_checks=gate_checks(metrics, loose))["passed"]
     with pytest.raises(BadInput, match="--min-lead-margin"):
         Thresholds(min_lead_margin=1.5)
 

@@ -259,6 +259,9 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
              "train_cpu_seconds": time.process_time() - cpu_started}
     trainer.train_tokens = distributed.sum_over_ranks(trainer.train_tokens)  # each rank counted its own batches
     best = best_evaluation(trainer.state, task.primary_metric) or trainer.evaluate()
+    # fitted on validation, the split early stopping already chose the model on; the test split stays unseen.
+    # On every rank: under DDP the prediction is a collective (each rank scores its shard, all gather them).
+    calibration = task.calibrate(trainer, validation)
     distributed.barrier()  # every rank holds the best model before the main one clears the checkpoints
     if not distributed.is_main():  # the main process writes the outputs and the report
         return None
@@ -272,8 +275,6 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     pretrained = os.path.join(model_dir, "pretrain.json")
     if os.path.isfile(pretrained):  # the encoder came from the pretrain stage: its report travels with the run
         history["pretrain"] = storage.read_json(pretrained)
-    # fitted on validation, the split early stopping already chose the model on; the test split stays unseen
-    calibration = task.calibrate(trainer, validation)
     if calibration:
         history["calibration"] = calibration
     save_model(trainer.model.merge_and_unload() if p.lora else trainer.model, tokenizer, output_dir, task, labels,
