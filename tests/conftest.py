@@ -1,4 +1,6 @@
+import json
 import os
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -10,6 +12,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "fixtures", "tiny.csv")
 SHARED_DATA = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "data"))
+
+
+class JsonApiHandler(BaseHTTPRequestHandler):
+    """What the fake API servers of the tests (KFP, Kubernetes) share: quiet, JSON replies."""
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, obj, status=200):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 def use_mlflow_store(uri):

@@ -3,27 +3,17 @@
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
+from conftest import JsonApiHandler
 
 from domaintune.pipelines.cli import main
 
 
-class FakeKfp(BaseHTTPRequestHandler):
+class FakeKfp(JsonApiHandler):
     calls: list = []
     pipelines: dict = {}
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, obj, status=200):
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _body(self):
         length = int(self.headers.get("Content-Length") or 0)

@@ -443,6 +443,12 @@ class FakeModel:
         return np.array([[len(t), float(self.version)] for t in texts])
 
 
+class SlowModel(FakeModel):
+    def predict(self, texts, batch_size):
+        time.sleep(0.3)
+        return super().predict(texts, batch_size)
+
+
 def test_batcher_groups_by_model_and_waits_only_under_load():
     from domaintune.components.serving.batcher import Batcher, Overloaded
     from domaintune.components.serving.observe import Metrics
@@ -495,15 +501,10 @@ def test_batcher_runs_batches_on_parallel_workers():
     from domaintune.components.serving.batcher import Batcher
     from domaintune.components.serving.observe import Metrics
 
-    class Slow(FakeModel):
-        def predict(self, texts, batch_size):
-            time.sleep(0.3)
-            return super().predict(texts, batch_size)
-
     async def scenario():
         batcher = Batcher(max_batch_size=1, max_latency_ms=0, max_queue=10, metrics=Metrics(), workers=2)
         batcher.start()
-        model = Slow("1")
+        model = SlowModel("1")
         started = time.monotonic()
         await asyncio.gather(batcher.submit(model, ["a"]), batcher.submit(model, ["b"]))
         elapsed = time.monotonic() - started
@@ -520,15 +521,10 @@ def test_a_gathered_batch_is_spread_over_the_idle_workers_in_length_order():
     from domaintune.components.serving.batcher import Batcher
     from domaintune.components.serving.observe import Metrics
 
-    class Slow(FakeModel):
-        def predict(self, texts, batch_size):
-            time.sleep(0.3)
-            return super().predict(texts, batch_size)
-
     async def scenario():
         batcher = Batcher(max_batch_size=32, max_latency_ms=0, max_queue=100, metrics=Metrics(), workers=2)
         batcher.start()
-        model = Slow("1")
+        model = SlowModel("1")
         texts = ["x" * n for n in (9, 1, 8, 2, 7, 3, 6, 4)]
         started = time.monotonic()
         results = await asyncio.gather(*(batcher.submit(model, [t]) for t in texts))

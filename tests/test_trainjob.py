@@ -11,11 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import jsonschema
 import pytest
-from conftest import finetune_params
+from conftest import JsonApiHandler, finetune_params
 
 from domaintune.components.io import storage
 from domaintune.components.training import trainjob, trainjob_run, trainjob_worker
@@ -28,23 +28,12 @@ TOKENS_URI = "minio://mlpipeline/v2/artifacts/domaintune-training/run-1/tokenize
 MODEL_URI = "minio://mlpipeline/v2/artifacts/domaintune-training/run-1/finetune-op/9/model"
 
 
-class FakeKube(BaseHTTPRequestHandler):
+class FakeKube(JsonApiHandler):
     """The TrainJob API: create (409 when the name exists), get (the job with its status), delete. `run` is
     what "the cluster" does with a created job (in a thread): it returns the final condition type."""
     calls: list = []
     jobs: dict = {}
     run = None
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, obj, status=200):
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _body(self):
         length = int(self.headers.get("Content-Length") or 0)
