@@ -4,6 +4,8 @@ AutoModelForSeq2SeqLM path), the chain ingest → tokenize → finetune → expo
 made-up support conversations, and predict on a summarizer."""
 import json
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -272,11 +274,41 @@ def test_predict_writes_text_and_summary(summarizer, tmp_path):
 
 
 def test_serve_answers_with_summaries(summarizer):
+    from domaintune.components.inference.seq2seq_backend import OnnxSummarizer
     from domaintune.components.serving.models import Source, load_model
+    from domaintune.components.serving.tokenizer import JsonTokenizer
 
     model = load_model(Source.parse(summarizer["onnx"]), "local", 1, 4)
     texts = ["Customer: Hi, my router keeps restarting.\nAgent: Sorry, this is Tom."]
     [answer] = model.answers(model.predict(texts, 4), texts)
     assert set(answer) == {"summary"} and isinstance(answer["summary"], str)
+    # the server's tokenizer (tokenizers, no transformers) gives `predict`'s summaries, word for word
+    assert isinstance(model.predictor.tokenizer, JsonTokenizer)
+    sources = [json.loads(line)["text"] for line in open(PAIRS)][:12]
+    assert model.predict(sources, 4) == OnnxSummarizer(summarizer["onnx"]).predict(sources, 4)
     assert model.outputs == [{"name": "summary", "datatype": "BYTES", "shape": [-1], "detail": False}]
     assert model.file == ("model.int8.onnx" if summarizer["export"]["deployable"] == "int8" else "model.onnx")
+
+
+def test_the_served_summarizer_imports_neither_torch_nor_transformers(summarizer):
+    code = ("import sys; from domaintune.components.tasks import task_of; d = sys.argv[1]; "
+            "p = task_of(d).serving_predictor(d, 1); s = p.predict(['Customer: my card was charged twice.'], 1); "
+            "assert isinstance(s[0], str); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, summarizer["onnx"]], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_servers_tokenizer_decodes_as_transformers_does():
+    from transformers import AutoTokenizer
+
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.serving.tokenizer import JsonTokenizer, clean_up_spaces
+
+    base = resolve_model("")
+    ours, theirs = JsonTokenizer(base), AutoTokenizer.from_pretrained(base)
+    texts = ["Refund of $120.50 isn't there, I'm told (order #A-17)!", "Hello, WORLD's café. Naïve—résumé?", ""]
+    for ids in theirs(texts)["input_ids"]:
+        assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
+        assert ours.decode(ids, skip_special_tokens=False) == theirs.decode(ids)
+    sample = "it is n't , he 's here . is it ? they 're ' fine ' !"
+    assert clean_up_spaces(sample) == theirs.clean_up_tokenization(sample)

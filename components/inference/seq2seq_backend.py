@@ -117,8 +117,6 @@ class TorchSummarizer(_Summarizer):
 class OnnxSummarizer(_Summarizer):
     def __init__(self, ref: str, max_length: int | None = None, max_new_tokens: int | None = None,
                  intra_op_threads: int | None = None):
-        from transformers import AutoTokenizer
-
         from domaintune.components.tasks.seq2seq_model import prefix_of
 
         self.encoder_path = os.path.abspath(resolve_model_file(ref))
@@ -131,18 +129,25 @@ class OnnxSummarizer(_Summarizer):
         self._sessions = None
         path = os.path.join(self.model_dir, "generation_config.json")
         generation = json.load(open(path)) if os.path.isfile(path) else {}
+        self._setup(self.model_dir, self.load_tokenizer(), generation, max_length, max_new_tokens,
+                    prefix_of(self.model_dir))
+        self.sessions  # noqa: B018 (a file that is no ONNX model is reported now, not at the first text)
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            return AutoTokenizer.from_pretrained(self.model_dir)
         except (OSError, ValueError) as exc:
             raise BadInput(f"{self.model_dir}: no loadable tokenizer beside the ONNX model ({exc})") from None
-        self._setup(self.model_dir, tokenizer, generation, max_length, max_new_tokens, prefix_of(self.model_dir))
-        self.sessions  # noqa: B018 (a file that is no ONNX model is reported now, not at the first text)
+
+    spinning = True  # onnxruntime's default; the server turns it off (serving/predictors.py)
 
     @property
     def sessions(self):
         if self._sessions is None:
-            self._sessions = (open_session(self.encoder_path, self.intra_op_threads),
-                              open_session(self.decoder_path, self.intra_op_threads))
+            self._sessions = (open_session(self.encoder_path, self.intra_op_threads, spinning=self.spinning),
+                              open_session(self.decoder_path, self.intra_op_threads, spinning=self.spinning))
         return self._sessions
 
     def _generate(self, batch, want_logits: bool):

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from domaintune.components.inference.onnx_backend import OnnxClassifier, open_session
+from domaintune.components.inference.seq2seq_backend import OnnxSummarizer
 from domaintune.components.serving.tokenizer import JsonTokenizer
 
 MAX_PADDING = 0.25
@@ -69,3 +70,17 @@ class ServingOnnxClassifier(OnnxClassifier):
     def close(self) -> None:
         """Drop the onnxruntime session (its memory goes with the last reference)."""
         self._session = None
+
+
+class ServingOnnxSummarizer(OnnxSummarizer):
+    """OnnxSummarizer (same encoder/decoder files, greedy decoding, limits) with the tokenizer read by
+    `tokenizers` and onnxruntime not spinning (see ServingOnnxClassifier.session)."""
+
+    spinning = False
+
+    def load_tokenizer(self):
+        return JsonTokenizer(self.model_dir)
+
+    def close(self) -> None:
+        """Drop both onnxruntime sessions."""
+        self._sessions = None

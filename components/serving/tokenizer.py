@@ -4,7 +4,8 @@
 ~1 s of start-up and ~300 MB of memory for nothing: the request path needs only tokenizer.json. This
 class gives the two calls the ONNX predictors make of a transformers tokenizer, with the same results:
 `tok(texts, truncation=True, max_length=L)` (special tokens added, right truncation, no padding) and
-`tok.pad(features, return_tensors="np")` (to the batch's longest, on the side tokenizer_config.json says).
+`tok.pad(features, return_tensors="np")` (to the batch's longest, on the side tokenizer_config.json says),
+and, for summarizers, `tok.decode(ids, skip_special_tokens=True)`.
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ class JsonTokenizer:
         self.pad_values = {"input_ids": 0 if pad_id is None else pad_id,
                            "token_type_ids": int(config.get("pad_token_type_id") or 0), "attention_mask": 0}
         self.padding_side = config.get("padding_side", "right")
+        # transformers' decode tidies " ." -> "." and the like where the config asks, except for BPE models
+        # (where it would strip real spaces); the same rule here keeps served summaries equal to `predict`'s.
+        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces")) and type(
+            self._tok.model).__name__ != "BPE"
         self.truncation_side = config.get("truncation_side", "right")
         self._tok.no_padding()
         self._tok.no_truncation()
@@ -74,3 +79,18 @@ class JsonTokenizer:
                     batch[i, :len(row)] = row
             out[key] = batch
         return out
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return clean_up_spaces(text) if self.clean_up_spaces else text
+
+
+CLEAN_UPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def clean_up_spaces(text: str) -> str:
+    """transformers' `clean_up_tokenization` (the same replacements, in its order)."""
+    for old, new in CLEAN_UPS:
+        text = text.replace(old, new)
+    return text

@@ -143,9 +143,10 @@ class Seq2Seq(Task):
         return backend.TorchSummarizer(ref)
 
     def serving_predictor(self, ref, intra_op_threads=None):
-        from domaintune.components.inference.seq2seq_backend import OnnxSummarizer
+        """The export's encoder/decoder pair with its tokenizer read by `tokenizers`: no PyTorch in the server."""
+        from domaintune.components.serving.predictors import ServingOnnxSummarizer
 
-        return OnnxSummarizer(ref, intra_op_threads=intra_op_threads)
+        return ServingOnnxSummarizer(ref, intra_op_threads=intra_op_threads)
 
     def format_predictions(self, predictor, outputs, texts):
         return [{"text": t, "summary": s} for t, s in zip(texts, outputs)]

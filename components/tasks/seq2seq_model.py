@@ -11,6 +11,7 @@ again after loading, so every stage that loads the model sees the shared one.
 """
 from __future__ import annotations
 
+import json
 import os
 
 from domaintune.components.core.errors import BadInput
@@ -20,19 +21,23 @@ SHARED_KEY = "domaintune_shared"  # config attribute: {decoder parameter name: e
 
 def source_prefix(config) -> str:
     """What goes before every source text: the checkpoint's own summarization prefix (T5 ships
-    "summarize: " in task_specific_params), "summarize: " for any T5-family model, else nothing."""
-    specific = (getattr(config, "task_specific_params", None) or {}).get("summarization") or {}
+    "summarize: " in task_specific_params), "summarize: " for any T5-family model, else nothing.
+    CONFIG: a transformers config or the dict of its config.json."""
+    get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+    specific = (get("task_specific_params") or {}).get("summarization") or {}
     if specific.get("prefix"):
         return str(specific["prefix"])
-    return "summarize: " if getattr(config, "model_type", "") in {"t5", "mt5", "umt5", "longt5"} else ""
+    return "summarize: " if (get("model_type") or "") in {"t5", "mt5", "umt5", "longt5"} else ""
 
 
 def prefix_of(model_dir: str) -> str:
-    from transformers import AutoConfig
-
-    if not model_dir or not os.path.isfile(os.path.join(model_dir, "config.json")):
+    """The source prefix of a saved model, read from its config.json as JSON: predictors in the server never
+    import transformers."""
+    path = os.path.join(model_dir, "config.json") if model_dir else ""
+    if not path or not os.path.isfile(path):
         return ""
-    return source_prefix(AutoConfig.from_pretrained(model_dir))
+    with open(path, encoding="utf-8") as f:
+        return source_prefix(json.load(f))
 
 
 def share_encoder_weights(model) -> dict[str, str]:
