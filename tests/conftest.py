@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -37,6 +39,18 @@ def use_mlflow_store(uri):
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+
+
+def served_without_torch(directory: str, text: str):
+    """Load DIRECTORY's serving predictor in a fresh process and answer TEXT; returns the answer's repr after
+    asserting that neither torch nor transformers was imported (the server's promise: no PyTorch to start)."""
+    code = ("import sys; from domaintune.components.tasks import task_of; d = sys.argv[1]; "
+            "p = task_of(d).serving_predictor(d, 1); print(repr(p.predict([sys.argv[2]], 1))); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, directory, text], capture_output=True, text=True, check=True)
+    answer, imported = out.stdout.strip().splitlines()[-2:]
+    assert imported == "[]", out.stdout + out.stderr
+    return answer
 
 
 def shared_data(*parts):

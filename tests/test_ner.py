@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 import pytest
-from conftest import HERE
+from conftest import HERE, served_without_torch
 from test_cli import cli, one_clear_line
 
 from domaintune.components.core.errors import BadInput
@@ -195,6 +195,21 @@ def test_entities_from_raw_text_carry_character_offsets(tagger, aggregation):
         for e in answer["entities"]:
             assert text[e["start"]:e["end"]] == e["word"] and e["entity_group"] in ("PER", "LOC", "ORG")
             assert 0 < e["score"] <= 1
+
+
+def test_the_server_tags_as_predict_does_without_torch(tagger):
+    from domaintune.components.inference.token_backend import OnnxTagger
+    from domaintune.components.serving.models import Source, load_model
+    from domaintune.components.serving.tokenizer import JsonTokenizer
+
+    model = load_model(Source.parse(tagger["onnx"]), "local", 1, 4)
+    assert isinstance(model.predictor.tokenizer, JsonTokenizer)
+    texts = ["Anna Schmidt joined Globex Bank in Berlin last year.", "Peter Blackburn flew to Paris .", "no names here",
+             " ".join(["Maria Lopez visited Madrid ."] * 20)]  # the last one is cut at max_length
+    assert model.predict(texts, 4) == OnnxTagger(tagger["onnx"]).predict(texts, 4)
+    [answer] = model.answers(model.predict(texts[:1], 4), texts[:1])
+    assert set(answer) == {"entities"}
+    assert "entity_group" in served_without_torch(tagger["onnx"], texts[0])
 
 
 def test_cli_evaluates_and_predicts_a_tagger(tagger, tmp_path, capsys):

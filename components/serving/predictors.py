@@ -14,6 +14,7 @@ import numpy as np
 
 from domaintune.components.inference.onnx_backend import OnnxClassifier, open_session
 from domaintune.components.inference.seq2seq_backend import OnnxSummarizer
+from domaintune.components.inference.token_backend import OnnxTagger
 from domaintune.components.serving.tokenizer import JsonTokenizer
 
 MAX_PADDING = 0.25
@@ -41,13 +42,9 @@ def padded_batches(lengths: Sequence[int], batch_size: int, max_padding: float =
         yield np.asarray(chunk)
 
 
-class ServingOnnxClassifier(OnnxClassifier):
-    """OnnxClassifier (same files, session, labels and outputs) with the tokenizer read by `tokenizers`."""
-
-    batches = staticmethod(padded_batches)
-
-    def __init__(self, ref: str, intra_op_threads: int | None = None, max_length: int | None = None):
-        super().__init__(ref, max_length=max_length, intra_op_threads=intra_op_threads)
+class ServingSession:
+    """The request path's side of an ONNX predictor: its tokenizer read by `tokenizers` (no transformers, no
+    PyTorch in the server process), onnxruntime not spinning, and `close` for a hot swap."""
 
     def load_tokenizer(self):
         return JsonTokenizer(self.model_dir)
@@ -63,18 +60,27 @@ class ServingOnnxClassifier(OnnxClassifier):
             self._session = open_session(self.model_path, self.intra_op_threads, spinning=False)
         return self._session
 
-    @property
-    def model_file(self) -> str:
-        return os.path.basename(self.model_path)
-
     def close(self) -> None:
         """Drop the onnxruntime session (its memory goes with the last reference)."""
         self._session = None
 
 
+class ServingOnnxClassifier(ServingSession, OnnxClassifier):
+    """OnnxClassifier (same files, labels and outputs) on the serving side, batches cut by padding."""
+
+    batches = staticmethod(padded_batches)
+
+    def __init__(self, ref: str, intra_op_threads: int | None = None, max_length: int | None = None):
+        super().__init__(ref, max_length=max_length, intra_op_threads=intra_op_threads)
+
+
+class ServingOnnxTagger(ServingSession, OnnxTagger):
+    """OnnxTagger (same files, labels, word alignment and entity spans) on the serving side."""
+
+
 class ServingOnnxSummarizer(OnnxSummarizer):
     """OnnxSummarizer (same encoder/decoder files, greedy decoding, limits) with the tokenizer read by
-    `tokenizers` and onnxruntime not spinning (see ServingOnnxClassifier.session)."""
+    `tokenizers` and onnxruntime not spinning (see ServingSession.session)."""
 
     spinning = False
 

@@ -60,11 +60,16 @@ class JsonTokenizer:
                 self._tok.no_truncation()
             self._max_length = max_length
 
-    def __call__(self, texts, truncation: bool = True, max_length: int | None = None) -> dict[str, list[list[int]]]:
+    def __call__(self, texts, truncation: bool = True, max_length: int | None = None,
+                 is_split_into_words: bool = False) -> "Encoded":
+        """IS_SPLIT_INTO_WORDS: TEXTS are lists of words (a tagger's input), as transformers' flag of that name."""
         self._truncate_to(max_length if truncation else None)
-        encodings = self._tok.encode_batch([str(t) for t in texts], add_special_tokens=True)
-        return {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings],
-                "attention_mask": [e.attention_mask for e in encodings]}
+        if is_split_into_words:
+            encodings = self._tok.encode_batch([[str(w) for w in words] for words in texts], is_pretokenized=True,
+                                               add_special_tokens=True)
+        else:
+            encodings = self._tok.encode_batch([str(t) for t in texts], add_special_tokens=True)
+        return Encoded(encodings)
 
     def pad(self, features: dict[str, list[list[int]]], return_tensors: str = "np") -> dict[str, np.ndarray]:
         rows = features["input_ids"]
@@ -83,6 +88,19 @@ class JsonTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
         return clean_up_spaces(text) if self.clean_up_spaces else text
+
+
+class Encoded(dict):
+    """input_ids / token_type_ids / attention_mask per text, and `word_ids(i)` as transformers' BatchEncoding has
+    (None for special tokens): what a tagger needs to read a word's tag from its first sub-token."""
+
+    def __init__(self, encodings):
+        super().__init__(input_ids=[e.ids for e in encodings], token_type_ids=[e.type_ids for e in encodings],
+                         attention_mask=[e.attention_mask for e in encodings])
+        self._encodings = encodings
+
+    def word_ids(self, index: int = 0) -> list[int | None]:
+        return self._encodings[index].word_ids
 
 
 CLEAN_UPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),

@@ -168,6 +168,12 @@ class TokenClassification(Task):
             raise BadInput(f"--model {ref}: no such file or directory")
         return token_backend.TorchTagger(ref)
 
+    def serving_predictor(self, ref, intra_op_threads=None):
+        """The export's ONNX tagger with its tokenizer read by `tokenizers`: no PyTorch in the server."""
+        from domaintune.components.serving.predictors import ServingOnnxTagger
+
+        return ServingOnnxTagger(ref, intra_op_threads=intra_op_threads)
+
     def predict_frame(self, predictor, frame, batch_size=32):
         return predictor.word_logits(list(frame["tokens"]), batch_size=batch_size)
 
