@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import TINY
+from conftest import TINY, served_without_torch
 from test_cli import cli, one_clear_line
 from test_mlflow_server import free_port
 from test_registry import register_params, run_inputs, stage_outputs
@@ -380,6 +380,10 @@ def test_promotion_hot_swaps_with_zero_failed_or_mixed_requests(store, tmp_path)
 
 
 # ------------------------------------------------------------------------------------ start and stop
+
+def test_the_served_classifier_imports_neither_torch_nor_transformers(store):
+    assert served_without_torch(store["run_dir"] + "/deployable", "my parcel never arrived").startswith("array([[")
+
 
 def test_bad_references_and_parameters_exit_2_with_one_line(store, tmp_path, capsys):
     from domaintune.pipelines.cli import main
