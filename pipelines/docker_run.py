@@ -161,6 +161,8 @@ def docker_runner(values: dict, run_id: str, fingerprint: str):
     client = docker_client()
     try:
         ident = image_id(client, IMAGE, fingerprint)
+        # A runner killed outright (SIGKILL) never removed its task's container: the next run does, once it exited.
+        client.containers.prune(filters={"label": LABEL})
     finally:
         client.close()
     settings = task_settings(values, registry.tracking_uri(values["mlflow_tracking_uri"]), os.getcwd())
