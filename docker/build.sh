@@ -10,13 +10,16 @@
 # 2. pip inside the build uses this machine's pip configuration (`pip config list`: indexes, find-links,
 #    CA bundle, constraints), handed to the RUN steps as BuildKit secrets, so nothing of it lands in a
 #    layer; local index and wheel directories are served read-only on 127.0.0.1 for the build's
-#    duration only (docker/pip_bridge.py). PIP_BRIDGE=0 builds from the Dockerfile's public indexes.
+#    duration only (docker/pip_bridge.py). PIP_BRIDGE=0 builds from the Dockerfile's public indexes;
+#    TORCH_INDEX_URL / PIP_INDEX_URL, when set, are passed to the build as they are.
 # Needs BuildKit (`docker buildx`, or a 20.10-22.x client with its built-in BuildKit) and debootstrap +
 # root for the fallback base. Prints the image's size at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE=${1:-${DOMAINTUNE_IMAGE:-$(python3 -c 'import re; print(re.search(r"\"(ghcr[^\"]+-cpu)\"", open("components/core/images.py").read()).group(1))')}}
+# The image name the compiled YAML and `domaintune run --runner docker` use (components/core/images.py).
+IMAGE=${1:-${DOMAINTUNE_IMAGE:-$(sed -n 's/.*"DOMAINTUNE_IMAGE", *"\([^"]*\)".*/\1/p' components/core/images.py)}}
+[ -n "$IMAGE" ] || { echo "build.sh: no image name (give one, or set DOMAINTUNE_IMAGE)" >&2; exit 1; }
 BASE_IMAGE=${BASE_IMAGE:-python:3.11.14-slim-bookworm}
 FALLBACK_BASE=${FALLBACK_BASE:-domaintune-base:bookworm}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -95,9 +98,15 @@ if [ "${PIP_BRIDGE:-1}" != 0 ]; then
   for name in pip.conf pip-ca.crt pip-constraints.txt; do
     [ -f "$bridge_dir/$name" ] && secrets+=(--secret "id=$name,src=$bridge_dir/$name")
   done
-  # The indexes come from pip.conf: the Dockerfile's public defaults are switched off.
-  build_args+=(--build-arg TORCH_INDEX_URL= --build-arg PIP_INDEX_URL=)
+  # Where this machine's pip names its own indexes, those are used: the Dockerfile's public defaults are switched
+  # off (else pip would also try them, and on an air gap wait for them to time out).
+  if grep -Eq '^(index-url|extra-index-url|find-links|no-index) =' "$bridge_dir/pip.conf"; then
+    build_args+=(--build-arg TORCH_INDEX_URL= --build-arg PIP_INDEX_URL=)
+  fi
 fi
+# Explicit choices win: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu docker/build.sh
+[ -z "${TORCH_INDEX_URL+set}" ] || build_args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+[ -z "${PIP_INDEX_URL+set}" ] || build_args+=(--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL")
 
 say "building $IMAGE on $base"
 started=$(date +%s)

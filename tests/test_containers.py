@@ -214,6 +214,11 @@ def test_every_task_in_a_container_killed_in_training_resumes_to_the_subprocess_
     history = json.loads((there / "run" / "reports" / "history.json").read_text())
     assert history["resumed_step"] == step and history["global_steps"] == total
     assert history["steps_trained"] == total - step
+    for name, summary in (("subprocess", theirs), ("docker", mine)):
+        test, pytorch = summary["metrics"]["test"], summary["metrics"]["test_pytorch"]
+        print(f"{name}: test accuracy {test['accuracy']!r} macro-F1 {test['macro_f1']!r} (PyTorch {pytorch['accuracy']!r}"
+              f" / {pytorch['macro_f1']!r}), {summary['training']['global_steps']} steps, gate {summary['gate']['passed']}, "
+              f"calibration {json.dumps(summary['calibration'])[:160]}")
     for key in COMPARED:
         assert mine.get(key) == theirs.get(key), f"summary.json {key} differs between the runners"
     assert mine["training"]["epochs_run"] == theirs["training"]["epochs_run"]
