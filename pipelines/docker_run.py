@@ -94,7 +94,7 @@ def task_settings(values: dict, tracking_uri: str, cwd: str) -> dict:
     env = {k: v for k, v in os.environ.items() if FORWARDED_ENV.fullmatch(k) and k not in NOT_FORWARDED}
     env["MLFLOW_TRACKING_URI"] = tracking_uri  # resolved here: inside, ./mlflow.db would mean the container's
     env["GIT_PYTHON_REFRESH"] = "quiet"  # the image has no git (the commit comes from DOMAINTUNE_GIT_COMMIT)
-    uses_s3 = any(str(v).startswith("s3://") for v in values.values()) or bool(
+    uses_s3 = any("s3://" in str(v) for v in values.values()) or bool(  # ood_data: a comma-separated list
         values.get("s3_endpoint_url") or os.environ.get("AWS_ENDPOINT_URL"))
     remote_mlflow = tracking_uri.startswith(("http://", "https://"))
     return {

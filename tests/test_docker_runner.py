@@ -27,7 +27,7 @@ def test_each_task_sees_its_files_at_their_own_paths_and_no_network(tmp_path, mo
     work.mkdir(), data.mkdir()
     (data / "train.csv").write_text("text,label\n")
     (work / "ood.csv").write_text("text,label\n")
-    settings = task_settings(values(train_data=str(data / "train.csv"), ood_data=f"{work / 'ood.csv'}, s3://b/x.csv",
+    settings = task_settings(values(train_data=str(data / "train.csv"), ood_data=f"{work / 'ood.csv'},{work / 'ood.csv'}",
                                     checkpoint_dir=str(ckpt)), f"sqlite:///{work / 'mlflow.db'}", str(work))
     # the working directory (./mlflow.db, ./mlruns) and the checkpoints writable; inputs read-only; a file inside
     # the working directory needs no mount of its own
@@ -46,6 +46,9 @@ def test_only_the_stages_that_talk_to_a_remote_mlflow_get_the_hosts_network(tmp_
         == ["champion", "evaluate", "register"]
     on_s3 = task_settings(values(train_data="s3://bucket/train.csv"), f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path))
     assert on_s3["networked"]("ingest") and on_s3["networked"]("finetune")
+    ood = task_settings(values(ood_data=f"{tmp_path}/a.csv, s3://bucket/b.csv"), f"sqlite:///{tmp_path}/mlflow.db",
+                        str(tmp_path))
+    assert ood["networked"]("evaluate")
 
 
 def test_the_stage_is_read_from_the_task_command():
