@@ -109,9 +109,15 @@ fi
 [ -z "${PIP_INDEX_URL+set}" ] || build_args+=(--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL")
 
 say "building $IMAGE on $base"
+previous=$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE" 2> /dev/null || true)
 started=$(date +%s)
 DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain -f docker/Dockerfile.cpu \
   "${build_args[@]}" "${secrets[@]}" -t "$IMAGE" . >&2
+# The image this tag named before, now untagged: removed (its layers shared with the new one stay).
+if [ -n "$previous" ] && [ "$previous" != "$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE")" ] \
+   && [ "$("$DOCKER" image inspect --format '{{len .RepoTags}}' "$previous" 2> /dev/null)" = 0 ]; then
+  "$DOCKER" rmi "$previous" > /dev/null 2>&1 || true
+fi
 size=$("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE")
 say "built $IMAGE in $(( $(date +%s) - started )) s: $(( size / 1000000 )) MB"
 echo "$IMAGE"
