@@ -35,6 +35,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file of pipeline parameters (snake_case keys); flags override it")
     run.add_argument("--output", help="run directory (default: ./domaintune-runs/<run id>)")
     run.add_argument("--verbose", action="store_true", help="stream every task's raw output")
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="subprocess: each task a process here (default); docker: each task a container of "
+                          "DOMAINTUNE_IMAGE (build it with docker/build.sh; docker/README.md)")
     for name in ("submit", "schedule"):
         p = parsers[name]
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
@@ -107,7 +110,7 @@ def cmd_run(args) -> int:
     values = resolve(params, config, vars(args))
     print(f"domaintune: running the pipeline locally ({'bundled sample data' if not values['train_data'] else values['train_data']})",
           file=sys.stderr)
-    summary, code, message = run_local(values, args.output, verbose=args.verbose)
+    summary, code, message = run_local(values, args.output, verbose=args.verbose, runner=args.runner)
     if summary is None:
         print(f"error: {message}", file=sys.stderr)
         return code

@@ -1,4 +1,5 @@
-"""`domaintune run`: the pipeline through kfp.local (SubprocessRunner in this environment, caching on).
+"""`domaintune run`: the pipeline through kfp.local (SubprocessRunner in this environment, or with `--runner docker`
+every task in the component image: pipelines/docker_run.py; caching on).
 
 kfp.local streams every task's raw output; we keep all of it in `DIR/pipeline.log` and show the user
 which stage is running, its elapsed time, a progress bar during training and a final table.
@@ -73,7 +74,23 @@ def local_retries(pipeline):
             task.retry_policy.backoff_duration.seconds = backoff
 
 
-def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tuple[dict | None, int, str]:
+@contextlib.contextmanager
+def kfp_runner(kind: str, values: dict, run_id: str):
+    """(kfp.local runner, cache directory suffix, what the summary records) for `--runner KIND`."""
+    from kfp import local
+
+    if kind == "docker":
+        from domaintune.components.core.images import IMAGE
+        from domaintune.pipelines.docker_run import docker_runner
+
+        with docker_runner(values, run_id, code_fingerprint()) as (runner, tag):
+            yield runner, f"-{tag}", {"name": "docker", "image": IMAGE, "cache": tag}
+    else:
+        yield local.SubprocessRunner(use_venv=False), "", {"name": "subprocess"}
+
+
+def run_local(values: dict, output_dir: str | None, verbose: bool = False,
+              runner: str = "subprocess") -> tuple[dict | None, int, str]:
     """Run the pipeline; returns (summary or None, exit code, message).
 
     `--output DIR` may exist or not (refused when it already holds a run's results); it is claimed at the start
@@ -88,21 +105,23 @@ def run_local(values: dict, output_dir: str | None, verbose: bool = False) -> tu
     values = preflight(values, output_dir)
     run_id = new_run_id()
     out = os.path.abspath(output_dir or os.path.join(runs_root(), run_id))
-    claim = storage.claim_dir(out, {"run_id": run_id, "started": dt.datetime.now().isoformat(timespec="seconds")},
-                              reserved=RUN_DIR_ENTRIES) if output_dir else None
-    try:
-        return _run(training_pipeline, local, values, out, run_id, verbose)
-    finally:
-        if claim is not None:
-            claim.release()
+    with kfp_runner(runner, values, run_id) as chosen:  # a docker setup that cannot work fails here, before the claim
+        claim = storage.claim_dir(out, {"run_id": run_id, "started": dt.datetime.now().isoformat(timespec="seconds")},
+                                  reserved=RUN_DIR_ENTRIES) if output_dir else None
+        try:
+            return _run(training_pipeline, local, values, out, run_id, verbose, chosen)
+        finally:
+            if claim is not None:
+                claim.release()
 
 
-def _run(training_pipeline, local, values: dict, out: str, run_id: str, verbose: bool):
+def _run(training_pipeline, local, values: dict, out: str, run_id: str, verbose: bool, chosen: tuple):
+    runner, cache_suffix, runner_info = chosen
     kfp_root = os.path.join(runs_root(), ".kfp")
     os.makedirs(kfp_root, exist_ok=True)
     log_path = os.path.join(kfp_root, f"{run_id}.log")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=kfp_root, raise_on_error=True,
-               enable_caching=True, cache_root=os.path.join(kfp_root, f"cache-{code_fingerprint()}"))
+    local.init(runner=runner, pipeline_root=kfp_root, raise_on_error=True, enable_caching=True,
+               cache_root=os.path.join(kfp_root, f"cache-{code_fingerprint()}{cache_suffix}"))
 
     monitor = Monitor(log_path, verbose)
     handler = logging.StreamHandler(monitor)
@@ -130,6 +149,7 @@ def _run(training_pipeline, local, values: dict, out: str, run_id: str, verbose:
         return None, 1, f"{ANSI.sub('', failure)}; full log: {log_path}"
 
     summary = storage.read_json(task.output)  # the summary's path, returned by register
+    summary["runner"] = runner_info
     write_run_dir(out, summary, log_path, run_id, seconds, monitor.stages, values)
     os.remove(log_path)
     code = 0 if summary["status"] == "registered" else 3

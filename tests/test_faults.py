@@ -200,6 +200,23 @@ def test_a_killed_training_process_resumes_bit_identically_and_counts_only_its_o
     assert history["validation"] == reference["validation"]
 
 
+def test_the_data_fingerprint_ignores_the_cache_files_a_training_leaves_beside_its_tokens(tmp_path):
+    """A killed finetune task's retry (same pipeline run, same tokens) must resume: the first attempt's `map`/`sort`
+    on the loaded splits wrote cache-*.arrow into the tokens directory, which is not data (found in containers,
+    issue #16). Other rows are other data."""
+    from datasets import Dataset, load_from_disk
+
+    from domaintune.components.training.checkpoints import arrow_digest
+
+    Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "labels": [0, 1]}).save_to_disk(str(tmp_path / "train"))
+    before = arrow_digest(str(tmp_path / "train"))
+    load_from_disk(str(tmp_path / "train")).map(lambda row: {"n": len(row["input_ids"])})  # writes cache-*.arrow
+    assert any(name.startswith("cache-") for name in os.listdir(tmp_path / "train"))
+    assert arrow_digest(str(tmp_path / "train")) == before
+    Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 6]], "labels": [0, 1]}).save_to_disk(str(tmp_path / "other"))
+    assert arrow_digest(str(tmp_path / "other")) != before
+
+
 def test_throughput_after_a_resume_counts_only_the_steps_of_that_attempt():
     """7. A resume at step 4 of 8 (4 steps per epoch, 28 examples) trained 28 examples in this attempt's 10 s:
     2.8 examples/s, not all 56 over 10 s; the totals are reported beside it."""

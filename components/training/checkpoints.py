@@ -106,8 +106,14 @@ def model_digest(model_dir: str) -> str:
 
 
 def arrow_digest(dataset_dir: str) -> str:
-    """A saved datasets.Dataset by its Arrow data files (state.json holds a random fingerprint, not data)."""
-    names = sorted(n for n in os.listdir(dataset_dir) if n.endswith(".arrow"))
+    """A saved datasets.Dataset by its Arrow data files: those state.json lists (its `_fingerprint` is random, not
+    data). Not every *.arrow there: a `map`/`sort` on the loaded dataset writes its cache-*.arrow beside them, so a
+    training killed after that and retried on the same tokens would see other data and refuse to resume."""
+    try:
+        with open(os.path.join(dataset_dir, "state.json"), encoding="utf-8") as f:
+            names = sorted(entry["filename"] for entry in json.load(f)["_data_files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        names = sorted(n for n in os.listdir(dataset_dir) if n.endswith(".arrow") and not n.startswith("cache-"))
     return file_digest([os.path.join(dataset_dir, n) for n in names], dataset_dir)
 
 
