@@ -153,7 +153,7 @@ def training_pipeline(
         mlm_head_warmup_steps: Steps training only the new MLM head (encoder frozen) before the "before" perplexity is measured: the packaged model ships no MLM head.
         epochs: Maximum training epochs (early stopping may end sooner).
         learning_rate: Peak learning rate (linear warm-up and decay). LoRA usually wants about 5e-4.
-        batch_size: Training batch size: the global batch of one optimizer step, split evenly over the processes and gradient_accumulation_steps.
+        batch_size: Training batch size: the global batch of one optimizer step, split evenly over the processes and gradient_accumulation_steps. 0: chosen for the training set's size (the largest of 32, 16, 8 giving 250 optimizer steps per epoch, else 8; printed and recorded in history.json).
         weight_decay: AdamW weight decay.
         warmup_ratio: Share of training steps used for learning-rate warm-up.
         early_stopping_patience: Epochs without validation macro-F1 improvement before stopping.
