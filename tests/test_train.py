@@ -110,6 +110,15 @@ def test_defaults_chosen_for_the_data_size_and_an_explicit_value_wins():
     assert p.batch_size == 8
 
 
+def test_the_summary_says_when_the_batch_size_was_chosen_for_the_data():
+    from domaintune.pipelines.summary_view import batch_note
+
+    assert batch_note({"batch_size": 8, "batch_size_chosen_for": 436}) == \
+        ", batch 8 (chosen for 436 training rows; --batch-size sets it)"
+    assert batch_note({"batch_size": 32, "batch_size_chosen_for": None}) == ", batch 32"
+    assert batch_note({}) == ""  # a summary written before the batch size was recorded
+
+
 def test_precision_auto_resolves_to_a_concrete_choice():
     assert pick_precision("auto") in ("bf16", "fp16", "fp32")
     assert pick_precision("fp32") == "fp32"
