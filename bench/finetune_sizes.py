@@ -88,6 +88,25 @@ def summary(values: list[float]) -> dict:
             "values": values}
 
 
+def aggregate(runs: list[dict], arms: list[str]) -> dict:
+    """Per arm: accuracy and examples/s over the seeds, the speed ratios, what our defaults chose."""
+    agg = {}
+    speeds = [r["recipe_speed"]["examples_per_second"] for r in runs if "recipe_speed" in r]
+    for name in ["recipe"] + arms:
+        got = [r[name] for r in runs if name in r]
+        if not got:
+            continue
+        agg[name] = {"accuracy": summary([g["accuracy"] for g in got]),
+                     "examples_per_second": (summary(speeds) if speeds else None) if name == "recipe"
+                     else summary([g["examples_per_second_steps"] for g in got])}
+        ratios = [g["ratio_vs_recipe"] for g in got if "ratio_vs_recipe" in g]
+        if ratios:
+            agg[name]["ratio_vs_recipe"] = summary(ratios)
+        if name != "recipe":
+            agg[name]["chosen"] = got[0]["chosen"]
+    return agg
+
+
 def fmt(s: dict | None) -> str:
     if not s:
         return "-"
@@ -159,25 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{case} seed {seed} {name}: acc {r['accuracy']:.4f}, {r['examples_per_second_steps']} ex/s, "
                           f"chosen {r['chosen']}", file=sys.stderr, flush=True)
             runs.append(row)
-        agg = {}
-        speeds = [r["recipe_speed"]["examples_per_second"] for r in runs if "recipe_speed" in r]
-        for name in ["recipe"] + [n for n, _ in arms]:
-            got = [r[name] for r in runs if name in r]
-            if not got:
-                continue
-            agg[name] = {"accuracy": summary([g["accuracy"] for g in got]),
-                         "examples_per_second": (summary(speeds) if name == "recipe" and speeds else
-                                                 summary([g["examples_per_second_steps"] for g in got])
-                                                 if name != "recipe" else None)}
-            ratios = [g["ratio_vs_recipe"] for g in got if "ratio_vs_recipe" in g]
-            if ratios:
-                agg[name]["ratio_vs_recipe"] = summary(ratios)
-            if name != "recipe":
-                agg[name]["chosen"] = got[0]["chosen"]
-        results[case] = {"summary": agg, "runs": runs}
-
-    C.write_json(args.json, {"cases": results, "seeds": seeds, "recipe_seeds": recipe_seeds, "recipe": FT.RECIPE,
-                             "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}})
+            # after every seed: a run cut short by the clock still leaves what it measured
+            results[case] = {"summary": aggregate(runs, [n for n, _ in arms]), "runs": runs}
+            C.write_json(args.json, {"cases": results, "seeds": seeds, "recipe_seeds": recipe_seeds,
+                                     "recipe": FT.RECIPE,
+                                     "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}})
     rows = []
     for case, res in results.items():
         for name, s in res["summary"].items():
