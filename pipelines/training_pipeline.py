@@ -185,7 +185,7 @@ def training_pipeline(
         max_parity_diff: Export: the largest allowed absolute logit difference between ONNX fp32 and PyTorch on test inputs.
         int8_per_channel: Export: per-channel int8 weight quantization.
         int8_reduce_range: Export: 7-bit weight range (for CPUs without VNNI, where full-range int8 can overflow).
-        export_latency_runs: Export: timed runs per latency measurement (0 skips the latency report; bench/inference_latency.py has the full matrix).
+        export_latency_runs: Export: timed runs of the short latency probe (ORT fp32 and int8 at batch 1 x typical length; 0 skips it; bench/inference_latency.py has the full matrix with PyTorch and 32 x 128).
         min_slice_size: Slices smaller than this are reported but not gated.
         identity_terms: YAML file of identity terms and probe templates; empty: the packaged lists.
         model_name: Registered model name in MLflow.
