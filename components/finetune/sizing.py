@@ -16,6 +16,7 @@ batch 32, 2e-4 instead of 1e-4 did not close the gap (0.800 at 4,000 rows), nor 
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 BATCHES = (32, 16, 8)  # largest first: the fastest batch that keeps enough steps wins
 MIN_STEPS = 250  # optimizer steps per epoch below which a smaller batch is chosen
@@ -28,9 +29,9 @@ def auto_batch_size(train_size: int, parts: int = 1) -> int:
     return -(-batch // parts) * parts
 
 
-def for_data_size(p, train_size: int, processes: int = 1):
+def for_data_size(p, train_size: int, processes: int = 1, announce: bool = False):
     """P with its "chosen for the data" fields (0) resolved for TRAIN_SIZE training rows, and what was chosen
-    ({field: {"value", ...how}}; empty when the user gave every one)."""
+    ({field: {"value", ...how}}; empty when the user gave every one). ANNOUNCE: print the choice (stderr)."""
     chosen = {}
     if p.batch_size == 0:
         parts = processes * p.gradient_accumulation_steps
@@ -40,6 +41,8 @@ def for_data_size(p, train_size: int, processes: int = 1):
                                 "rule": f"the largest of {list(BATCHES)} giving >= {MIN_STEPS} optimizer steps per "
                                         f"epoch, else the smallest"}
     resolved = dataclasses.replace(p, **{k: v["value"] for k, v in chosen.items()}) if chosen else p
+    if chosen and announce:
+        print(describe(chosen, train_size), file=sys.stderr, flush=True)
     return resolved, chosen
 
 

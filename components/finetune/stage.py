@@ -41,9 +41,7 @@ class FinetuneParams:
     s3_endpoint_url: str = ""
     epochs: float = 3.0
     learning_rate: float = 1e-4
-    # 0 (the default): chosen for the training set's size once it is known (finetune/sizing.py); any other
-    # value is the user's and is used as given
-    batch_size: int = 0
+    batch_size: int = 0  # 0: chosen for the training set's size (finetune/sizing.py); else used as given
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     early_stopping_patience: int = 2
@@ -238,9 +236,7 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     if distributed.is_main():
         print(ckpt.describe_resume("finetune", resume, checkpoints, fp["fingerprint"]), file=sys.stderr, flush=True)
     train = load_from_disk(os.path.join(tokens_dir, "train"))
-    p, chosen = sizing.for_data_size(p, len(train), distributed.world_size())
-    if chosen and distributed.is_main():
-        print(sizing.describe(chosen, len(train)), file=sys.stderr, flush=True)
+    p, chosen = sizing.for_data_size(p, len(train), distributed.world_size(), announce=distributed.is_main())
     # The Trainer evaluates in dataset order, padding each batch to its longest row: sorted by length, the
     # per-epoch evaluation of varied sentence lengths (CoNLL: 1 to 124 words) pads little (metrics don't
     # depend on the order).
