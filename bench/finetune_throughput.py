@@ -8,8 +8,9 @@ dev.tsv is validation and test) for one epoch, then are scored on dev:
 - ours: `run_finetune` with the pipeline's defaults (`FinetuneParams()`) except `epochs=1`, on the
   tokenize stage's output (ingest + tokenize run once, beforehand, with the stage functions).
 - baseline, the tutorials' recipe: a hand-written PyTorch loop, `padding="max_length"` to 128, batch 16,
-  `torch.optim.AdamW`, fp32, the same peak learning rate, warm-up share, weight decay and linear decay as
-  ours (so accuracy compares the speed techniques, not the hyper-parameters), shuffled with a seeded generator.
+  `torch.optim.AdamW`, fp32, peak learning rate 1e-4, 6% warm-up, weight decay 0.01 and linear decay
+  (`RECIPE`: what our defaults were before they depended on the data size, so the recipe's numbers stay
+  comparable across rounds), shuffled with a seeded generator.
 
 Both run in this one process with the same thread settings. The baseline's epoch is cut into
 `ours-runs + 1` chunks and our runs happen between them, so a change of machine load hits both. Reported
@@ -30,6 +31,9 @@ import time
 
 from bench import _common as C
 
+# The recipe's hyper-parameters: fixed here (not read from our defaults, which now depend on the data size).
+RECIPE = {"learning_rate": 1e-4, "warmup_ratio": 0.06, "weight_decay": 0.01, "batch_size": 16}
+
 
 def finetune_defaults() -> dict:
     """The finetune stage's parameter defaults (its Params dataclass is their one source)."""
@@ -39,8 +43,15 @@ def finetune_defaults() -> dict:
     return defaults(FinetuneParams)
 
 
-def baseline_setup(splits: str, model_dir: str, labels: list[str], d: dict, seed: int):
-    """The tutorials' recipe, prepared: fixed-length tokenization, DataLoader, fp32 model, torch AdamW."""
+def baseline_setup(splits: str, model_dir: str, labels: list[str], d: dict, seed: int, trim: bool = False):
+    """The tutorials' recipe, prepared: fixed-length tokenization, DataLoader, fp32 model, torch AdamW.
+
+    TRIM: each batch loses the columns that are padding in all its rows before the forward pass. Same
+    batches, same order, same model, optimizer and schedule; padded positions are masked out of attention,
+    so loss, logits and gradients are the recipe's up to float rounding (measured: 0, 4e-8 and 1.5e-8 apart
+    with dropout off). Dropout draws its masks for the trimmed shape: another random draw of the same
+    training, what seeds average over. ~8x cheaper on short sentences: for accuracy over several seeds
+    (bench/finetune_sizes.py); its speed is not the recipe's."""
     import pandas as pd
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -51,14 +62,14 @@ def baseline_setup(splits: str, model_dir: str, labels: list[str], d: dict, seed
     train = pd.read_parquet(os.path.join(splits, "train.parquet"))
     enc = tokenizer(train["text"].tolist(), padding="max_length", truncation=True, max_length=128, return_tensors="pt")
     data = TensorDataset(enc["input_ids"], enc["attention_mask"], torch.tensor(train["label"].to_numpy()))
-    loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(data, batch_size=d.get("batch_size", 16), shuffle=True, generator=torch.Generator().manual_seed(seed))
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=d["learning_rate"], weight_decay=d["weight_decay"])
     steps = len(loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(d["warmup_ratio"] * steps), steps)
     return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "batches": iter(loader),
-            "steps": steps, "examples": len(data), "tokenizer": tokenizer}
+            "steps": steps, "examples": len(data), "tokenizer": tokenizer, "trim": trim}
 
 
 def baseline_chunk(b: dict, n_steps: int) -> tuple[int, float, float]:
@@ -70,7 +81,7 @@ def baseline_chunk(b: dict, n_steps: int) -> tuple[int, float, float]:
         batch = next(b["batches"], None)
         if batch is None:
             break
-        input_ids, attention_mask, labels = batch
+        input_ids, attention_mask, labels = trimmed(batch) if b.get("trim") else batch
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -78,6 +89,13 @@ def baseline_chunk(b: dict, n_steps: int) -> tuple[int, float, float]:
         optimizer.zero_grad()
         examples += len(labels)
     return examples, time.perf_counter() - w0, C.cpu_seconds() - c0
+
+
+def trimmed(batch):
+    """The batch without the columns that are padding in every row (see baseline_setup's TRIM)."""
+    input_ids, attention_mask, *rest = batch
+    n = int(attention_mask.sum(1).max())
+    return (input_ids[:, :n], attention_mask[:, :n], *rest)
 
 
 def baseline_accuracy(b: dict, splits: str) -> float:
@@ -91,20 +109,34 @@ def baseline_accuracy(b: dict, splits: str) -> float:
     preds = []
     with torch.no_grad():
         for i in range(0, len(dev), 64):
-            logits = model(input_ids=enc["input_ids"][i:i + 64], attention_mask=enc["attention_mask"][i:i + 64]).logits
+            ids, mask = trimmed((enc["input_ids"][i:i + 64], enc["attention_mask"][i:i + 64]))  # exact: masked
+            logits = model(input_ids=ids, attention_mask=mask).logits
             preds.append(logits.argmax(-1).numpy())
     return float((np.concatenate(preds) == dev["label"].to_numpy()).mean())
 
 
 def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
-    from domaintune.components.finetune.stage import run_finetune
+    """Our stage, epochs=1 and OVERRIDES; keys `args.NAME` override a TrainingArguments field the stage sets
+    (for exploring what makes a difference, e.g. args.max_grad_norm=0): not a stage parameter."""
+    import transformers
 
-    p = C.finetune_params(**{"epochs": 1.0, **overrides})
+    from domaintune.components.finetune import stage
+
+    trainer_args = {k[len("args."):]: v for k, v in overrides.items() if k.startswith("args.")}
+    p = C.finetune_params(**{"epochs": 1.0, **{k: v for k, v in overrides.items() if not k.startswith("args.")}})
     out = os.path.join(work, name)
+    original = transformers.TrainingArguments  # the stage imports it at call time
+    if trainer_args:
+        transformers.TrainingArguments = lambda **kw: original(**{**kw, **trainer_args})
     w0, c0 = time.perf_counter(), C.cpu_seconds()
-    h = run_finetune(prep["tokens"], prep["model_dir"], os.path.join(out, "model"), os.path.join(out, "history.json"), p)
+    try:
+        h = stage.run_finetune(prep["tokens"], prep["model_dir"], os.path.join(out, "model"),
+                               os.path.join(out, "history.json"), p)
+    finally:
+        transformers.TrainingArguments = original
     wall, cpu = time.perf_counter() - w0, C.cpu_seconds() - c0
-    return {"name": name, "overrides": overrides, "batch_size": p.batch_size, "examples": h["examples_seen"],
+    return {"name": name, "overrides": overrides, "batch_size": h["params"]["batch_size"], "examples": h["examples_seen"],
+            "chosen": h.get("chosen_for_data_size"), "learning_rate": h["params"]["learning_rate"],
             "examples_per_second_steps": h["examples_per_second_steps"],
             "examples_per_second_train": h["examples_per_second"],
             "examples_per_second_stage": round(h["examples_seen"] / wall, 2),
@@ -120,6 +152,9 @@ def parse_variant(text: str) -> dict:
     for item in text.split(","):
         key, _, value = item.partition("=")
         key, value = key.strip(), value.strip()
+        if key.startswith("args."):  # a TrainingArguments field (run_ours): a number or a word
+            out[key] = float(value) if value.replace(".", "", 1).isdigit() else value
+            continue
         kind = type(finetune_defaults()[key]) if key != "epochs" else float
         if kind is bool and value.lower() not in ("true", "false"):
             raise SystemExit(f"--variant {key}={value}: expected true or false")
@@ -142,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     work = args.work or tempfile.mkdtemp(prefix="bench-ft-")
-    d = finetune_defaults()
+    d = RECIPE
     info = C.machine()
     prep = C.prepare_sst2(work, args.rows, args.seed)
     import json
@@ -226,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
                      "weight_decay": d["weight_decay"]},
         "data": {"rows_sampled": args.rows, "seed": args.seed, "rows": prep["rows"], "token_stats": prep["token_stats"],
                  "ingest_seconds": prep["ingest_seconds"], "tokenize_seconds": prep["tokenize_seconds"]},
-        "pipeline_defaults_used": {k: {**d, "max_length": prep["max_length"]}[k]
-                                   for k in ("batch_size", "learning_rate", "warmup_ratio", "weight_decay",
-                                             "precision", "max_length", "seed", "lora")} | {"epochs": 1.0},
+        "pipeline_defaults_used": {**{k: {**finetune_defaults(), "max_length": prep["max_length"]}[k]
+                                      for k in ("warmup_ratio", "weight_decay", "precision", "max_length", "seed",
+                                                "lora")},
+                                   "batch_size": ours[0]["batch_size"], "learning_rate": ours[0]["learning_rate"],
+                                   "chosen_for_data_size": ours[0]["chosen"], "epochs": 1.0},
         "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
     }
     C.write_json(args.json, result)

@@ -18,7 +18,7 @@ def print_summary(s: dict) -> None:
     rows += [
         ("validation " + task.primary_metric.replace("_", " "), f"{s['metrics']['validation'][task.primary_metric]:.4f}"),
         ("training", f"{s['training']['examples_per_second']} examples/s, {s['training']['train_seconds']} s, "
-                     f"{s['training']['precision']}"),
+                     f"{s['training']['precision']}" + batch_note(s['training'])),
         *quality_rows(s),
         ("gate", "passed" if s["gate"]["passed"] else "rejected: " + "; ".join(s["gate"]["reasons"])),
         ("deployable", s.get("deployable_path") or "PyTorch model (not exported)"),
@@ -33,6 +33,14 @@ def print_summary(s: dict) -> None:
         print(f"  {key:<{width}}  {value}")
     for warning in s["gate"].get("warnings") or []:  # template-only bias findings: reported, not gated
         print(f"warning: {warning}", file=sys.stderr)
+
+
+def batch_note(t: dict) -> str:
+    """", batch 8 (chosen for 436 rows)" when the default picked it (finetune/sizing.py), ", batch 32" else."""
+    if not t.get("batch_size"):
+        return ""
+    rows = t.get("batch_size_chosen_for")
+    return f", batch {t['batch_size']}" + (f" (chosen for {rows} training rows; --batch-size sets it)" if rows else "")
 
 
 def quality_rows(s: dict) -> list[tuple[str, str]]:

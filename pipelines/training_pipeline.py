@@ -153,7 +153,7 @@ def training_pipeline(
         mlm_head_warmup_steps: Steps training only the new MLM head (encoder frozen) before the "before" perplexity is measured: the packaged model ships no MLM head.
         epochs: Maximum training epochs (early stopping may end sooner).
         learning_rate: Peak learning rate (linear warm-up and decay). LoRA usually wants about 5e-4.
-        batch_size: Training batch size: the global batch of one optimizer step, split evenly over the processes and gradient_accumulation_steps.
+        batch_size: Training batch size: the global batch of one optimizer step, split evenly over the processes and gradient_accumulation_steps. 0: chosen for the training set's size (the largest of 32, 16, 8 giving 250 optimizer steps per epoch, else 8; printed and recorded in history.json).
         weight_decay: AdamW weight decay.
         warmup_ratio: Share of training steps used for learning-rate warm-up.
         early_stopping_patience: Epochs without validation macro-F1 improvement before stopping.
@@ -185,7 +185,7 @@ def training_pipeline(
         max_parity_diff: Export: the largest allowed absolute logit difference between ONNX fp32 and PyTorch on test inputs.
         int8_per_channel: Export: per-channel int8 weight quantization.
         int8_reduce_range: Export: 7-bit weight range (for CPUs without VNNI, where full-range int8 can overflow).
-        export_latency_runs: Export: timed runs per latency measurement (0 skips the latency report; bench/inference_latency.py has the full matrix).
+        export_latency_runs: Export: timed runs of the short latency probe (ORT fp32 and int8 at batch 1 x typical length; 0 skips it; bench/inference_latency.py has the full matrix with PyTorch and 32 x 128).
         min_slice_size: Slices smaller than this are reported but not gated.
         identity_terms: YAML file of identity terms and probe templates; empty: the packaged lists.
         model_name: Registered model name in MLflow.

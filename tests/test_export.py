@@ -99,14 +99,28 @@ def test_accuracy_drop_and_deployable(exported):
                                 "int8_reduce_range": False, "export_latency_runs": 2}
 
 
-def test_latency_table(exported):
-    _, report = exported
+def test_latency_probe_runs_when_asked(exported):
+    """export_latency_runs > 0: the short probe, ORT fp32 and int8 at batch 1 x typical length (the full matrix
+    is bench.inference_latency's, test_full_latency_matrix)."""
+    out, report = exported
     lat = report["latency"]
-    assert lat["shapes"] == ["1x16", "32x64"]
+    assert lat["shapes"] == ["1x16"] and lat["runs"] == 2
+    assert set(lat["results"]["1x16"]) == {"onnx_fp32", "onnx_int8"}
+    for r in lat["results"]["1x16"].values():
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] and r["runs"] == 2
+    assert lat["speedups"]["1x16"]["onnx_int8_vs_onnx_fp32"] > 0
+    assert "| 1x16 |" in open(os.path.join(out, "export_report.md")).read()
+
+
+def test_full_latency_matrix(exported, tiny_model, test_data):
+    """What bench.inference_latency measures: PyTorch fp32 and bf16 beside ORT, at each shape asked."""
+    out, _ = exported
+    model, tokenizer = E.load_torch_model(tiny_model)
+    lat = E.measure_latencies(model, tokenizer, {"onnx_int8": os.path.join(out, "model.int8.onnx")},
+                              texts_of(test_data), shapes=[(1, 8), (4, 16)], runs=2, warmup=1)
+    assert lat["shapes"] == ["1x8", "4x16"]
     for shape in lat["shapes"]:
-        assert set(lat["results"][shape]) == {"pytorch_fp32", "pytorch_bf16", "onnx_fp32", "onnx_int8"}
-        for r in lat["results"][shape].values():
-            assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert set(lat["results"][shape]) == {"pytorch_fp32", "pytorch_bf16", "onnx_int8"}
         assert lat["speedups"][shape]["onnx_int8_vs_pytorch_fp32"] > 0
 
 

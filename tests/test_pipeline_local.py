@@ -61,6 +61,8 @@ def test_first_run_registers_a_challenger(workdir):
     assert summary["status"] == "registered" and summary["gate"]["passed"] is True
     assert summary["registry"]["version"] == 1 and summary["registry"]["aliases"] == ["challenger"]
     assert 0 <= summary["metrics"]["test"]["macro_f1"] <= 1
+    # --batch-size 8 was given: used as given, not chosen for the data
+    assert (summary["training"]["batch_size"], summary["training"]["batch_size_chosen_for"]) == (8, None)
     assert os.path.isfile(os.path.join(summary["model_dir"], "model.safetensors"))
     assert versions(workdir) == ["1"]
     # the gate judged the deployable that ships, and the run directory holds it (copies, not cache links)

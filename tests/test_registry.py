@@ -16,6 +16,7 @@ import pytest
 from conftest import TINY, ingest_params, pipeline_defaults, use_mlflow_store
 from test_cli import cli, one_clear_line
 
+from domaintune.components.registry import client as registry_client
 from domaintune.pipelines.cli import main
 
 LABELS = ["account_access", "billing", "shipping"]
@@ -393,6 +394,13 @@ def test_auto_promote_gives_a_better_candidate_the_champion_alias(outputs, store
     c = mlflow_client(store["uri"])
     assert c.get_model_version_by_alias("auto", "champion").version == 1
     assert c.get_model_version_by_alias("auto", "challenger").version == 2
+    # the champion task reads a local store without importing MLflow; same answer as MLflow's
+    assert registry_client.sqlite_alias(store["uri"], "auto", "champion") == "1"
+    assert registry_client.sqlite_alias(store["uri"], "auto", "challenger") == "2"
+    assert registry_client.champion_version(store["uri"], "auto") == "1"
+    assert registry_client.sqlite_alias(store["uri"], "no-such-model", "champion") == ""
+    assert registry_client.sqlite_alias(f"sqlite:///{tmp_path / 'absent.db'}", "auto", "champion") == ""
+    assert registry_client.sqlite_alias("http://mlflow:5000", "auto", "champion") is None  # MLflow answers
 
 
 # ------------------------------------------------------------------------------------ models, promote

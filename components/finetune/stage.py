@@ -6,7 +6,8 @@ task (tasks/) gives the model head, the collator, the metrics and the LoRA task 
 Out: a Hugging Face model directory (model, tokenizer, `domaintune.json`) and `history.json`.
 
 Speed choices (measured on a 2-core AVX-512-BF16 CPU; numbers in bench/BENCHMARKS.md): bf16 autocast where
-it measures faster (training/precision.py), length-grouped batches with dynamic padding (8% padding on SST-2 instead of 89% at max_length 128),
+it measures faster (training/precision.py), length-grouped batches in random order with dynamic padding
+(8% padding on SST-2 instead of 89% at max_length 128; training/trainer.py `shuffled_batches`),
 the fused AdamW (the Trainer's default), a cheaper random source for dropout on CPU (training/dropout.py),
 the input word-embedding matrix kept fixed in full fine-tuning (`freeze_embeddings`), and no second
 evaluation of the best model after training (its metrics are in the log).
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from domaintune.components.core.errors import BadInput, fraction, non_negative, one_of, positive
+from domaintune.components.finetune import sizing
 from domaintune.components.finetune.history import build_history
 from domaintune.components.io import storage
 from domaintune.components.io.base_models import PACKAGED_MODEL, load_tokenizer
@@ -39,7 +41,7 @@ class FinetuneParams:
     s3_endpoint_url: str = ""
     epochs: float = 3.0
     learning_rate: float = 1e-4
-    batch_size: int = 32
+    batch_size: int = 0  # 0: chosen for the training set's size (finetune/sizing.py); else used as given
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     early_stopping_patience: int = 2
@@ -58,7 +60,7 @@ class FinetuneParams:
     def __post_init__(self):
         positive("epochs", self.epochs, kind=float)
         positive("learning-rate", self.learning_rate, kind=float)
-        positive("batch-size", self.batch_size)
+        non_negative("batch-size", self.batch_size, kind=int)
         positive("early-stopping-patience", self.early_stopping_patience)
         fraction("warmup-ratio", self.warmup_ratio)
         non_negative("weight-decay", self.weight_decay)
@@ -75,7 +77,10 @@ class FinetuneParams:
 
 def per_device_batch(p: FinetuneParams, processes: int) -> int:
     """--batch-size is the global batch: what one optimizer step averages over, whatever the number of
-    processes; each process trains on its share of it per micro-step (batch / processes / accumulation)."""
+    processes; each process trains on its share of it per micro-step (batch / processes / accumulation).
+    0 (chosen for the data) is checked once chosen: the rule picks a batch that splits evenly."""
+    if not p.batch_size:
+        return 0
     parts = processes * p.gradient_accumulation_steps
     if p.batch_size % parts:
         raise BadInput(f"--batch-size {p.batch_size} is the global batch and must split evenly over {processes} "
@@ -231,6 +236,7 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     if distributed.is_main():
         print(ckpt.describe_resume("finetune", resume, checkpoints, fp["fingerprint"]), file=sys.stderr, flush=True)
     train = load_from_disk(os.path.join(tokens_dir, "train"))
+    p, chosen = sizing.for_data_size(p, len(train), distributed.world_size(), announce=distributed.is_main())
     # The Trainer evaluates in dataset order, padding each batch to its longest row: sorted by length, the
     # per-epoch evaluation of varied sentence lengths (CoNLL: 1 to 124 words) pads little (metrics don't
     # depend on the order).
@@ -271,6 +277,7 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     history["distributed"] = {**distributed.describe(), "global_batch_size": p.batch_size,
                               "per_device_batch_size": trainer.args.per_device_train_batch_size,
                               "gradient_accumulation_steps": p.gradient_accumulation_steps}
+    history["chosen_for_data_size"] = chosen
     history["checkpoints"] = {"dir": checkpoints if p.checkpoint_dir else None, "fingerprint": fp["fingerprint"]}
     pretrained = os.path.join(model_dir, "pretrain.json")
     if os.path.isfile(pretrained):  # the encoder came from the pretrain stage: its report travels with the run

@@ -33,7 +33,7 @@ def plan_op(
 
     from domaintune.components.core.runtime import stage_params
     from domaintune.components.io import storage
-    from domaintune.components.pretrain.stage import PretrainParams
+    from domaintune.components.pretrain.params import PretrainParams
 
     params = stage_params("pretrain", PretrainParams, locals())
     storage.write_json(plan.path, {"params": asdict(params), "wanted": params.wanted})

@@ -28,13 +28,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from domaintune.components.core.errors import BadInput, fraction, non_negative, positive, require
+from domaintune.components.core.errors import BadInput, require
 from domaintune.components.io import storage
-from domaintune.components.io.base_models import PACKAGED_MODEL
 from domaintune.components.pretrain.blocks import (  # noqa: F401  (re-exported)
     HELDOUT_FRACTION, MAX_HELDOUT_BLOCKS, Blocks, make_collator, pack_blocks, special_template, split_and_pack,
     tokenize_docs)
 from domaintune.components.pretrain.corpus import _clean_docs, gather_corpus, read_corpus  # noqa: F401
+from domaintune.components.pretrain.params import PretrainParams
 from domaintune.components.pretrain.mlm import (  # noqa: F401  (re-exported)
     EVAL_MLM_PROBABILITY, EVAL_MASK_SEED, HEAD_WARMUP_LR, _trainer_class, autocast, carried_weights,
     classifier_reload_check, encoder_features, fixed_eval_batches, head_perplexity, head_warmup, masked_logits,
@@ -43,56 +43,12 @@ from domaintune.components.pretrain.report import perplexity_report, training_re
 from domaintune.components.training import checkpoints as ckpt
 from domaintune.components.training import distributed
 from domaintune.components.training.launch import distributable
-from domaintune.components.training.precision import PRECISIONS, pick_precision
+from domaintune.components.training.precision import pick_precision
 from domaintune.components.training.progress import progress_callback
 
 WARMUP_RATIO = 0.06
 WEIGHT_DECAY = 0.01
 MIN_SAVE_STEPS = 50  # checkpoint every max(this, steps/4) steps (at most 500): a few per run, none in short ones
-
-
-@dataclass
-class PretrainParams:
-    base_model: str = PACKAGED_MODEL
-    s3_endpoint_url: str = ""
-    domain_corpus: str = ""
-    pretrain_on_train_text: bool = False
-    corpus_text_column: str = "text"
-    mlm_epochs: float = 1.0
-    mlm_max_steps: int = 300
-    mlm_learning_rate: float = 1e-4
-    mlm_probability: float = 0.15
-    whole_word_masking: bool = False
-    mlm_batch_size: int = 32
-    mlm_head_warmup_steps: int = 200
-    max_length: int = 128
-    precision: str = "auto"
-    seed: int = 42
-    checkpoint_dir: str = ""
-    num_processes: int = 0  # 0: one process per GPU the pod has (DDP under torchrun when more than one)
-
-    @property
-    def wanted(self) -> bool:
-        """Whether the pipeline pretrains at all (DAPT on a corpus, or TAPT on the training texts)."""
-        return bool(self.domain_corpus) or self.pretrain_on_train_text
-
-    def __post_init__(self):
-        require(bool(self.corpus_text_column), "--corpus-text-column must not be empty")
-        positive("mlm-epochs", self.mlm_epochs, kind=float)
-        require(not isinstance(self.mlm_max_steps, bool) and isinstance(self.mlm_max_steps, int)
-                and self.mlm_max_steps >= 0,
-                f"--mlm-max-steps must be a non-negative integer, 0 for no cap (got {self.mlm_max_steps!r})")
-        positive("mlm-learning-rate", self.mlm_learning_rate, kind=float)
-        fraction("mlm-probability", self.mlm_probability, allow_zero=False)
-        positive("mlm-batch-size", self.mlm_batch_size)
-        require(not isinstance(self.mlm_head_warmup_steps, bool) and isinstance(self.mlm_head_warmup_steps, int)
-                and self.mlm_head_warmup_steps >= 0,
-                f"--mlm-head-warmup-steps must be a non-negative integer (got {self.mlm_head_warmup_steps!r})")
-        positive("max-length", self.max_length)
-        require(self.max_length >= 8, f"--max-length must be at least 8 for masked-LM blocks (got {self.max_length})")
-        require(self.precision in PRECISIONS,
-                f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        non_negative("num-processes", self.num_processes, kind=int)
 
 
 def per_device_batch(p: PretrainParams, processes: int) -> int:

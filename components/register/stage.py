@@ -180,7 +180,10 @@ def build_summary(task, r: Reports, p: RegisterParams, run_id: str, version, ali
         "data": {"rows": r.data["rows"], "labels": r.data["labels"], "leakage": r.data.get("leakage")},
         "training": {k: history.get(k) for k in ("train_seconds", "examples_per_second", "epochs_run",
                                                  "global_steps", "stopped_early", "parameters")}
-                    | {"precision": history["params"]["precision_used"], "max_length": history["params"].get("max_length")},
+                    | {"precision": history["params"]["precision_used"], "max_length": history["params"].get("max_length"),
+                       "batch_size": history["params"].get("batch_size"),
+                       "batch_size_chosen_for": ((history.get("chosen_for_data_size") or {}).get("batch_size")
+                                                 or {}).get("train_rows")},
         "registry": {"tracking_uri": registry.tracking_uri(p.mlflow_tracking_uri), "experiment": p.experiment_name,
                      "run_id": run_id, "model_name": p.model_name,
                      "version": int(version.version) if version is not None else None, "aliases": aliases},

@@ -245,12 +245,14 @@ class Task(ABC):
 
     def latency(self, model, tokenizer, files: dict, texts, max_length: int, runs: int, warmup: int,
                 typical_tokens: int | None = None) -> dict:
-        """Side-by-side latency of PyTorch and the ONNX `files` ({name: path}): batch 1 x typical length and
-        32 x max_length forward passes."""
+        """The export's short probe: the ONNX `files` ({name: path}) side by side at batch 1 x typical length,
+        what a served request costs. Not PyTorch, not 32 x max_length: that matrix (4 backends x 2 shapes) cost
+        more than the training on the bundled sample (bench/BENCHMARKS.md) and lives in
+        `python -m bench.inference_latency`."""
         from domaintune.components.export.latency import measure_latencies, typical_length
 
         typical = typical_tokens or typical_length(tokenizer, texts, max_length)
-        return measure_latencies(model, tokenizer, files, texts, shapes=[(1, min(typical, max_length)), (32, max_length)],
+        return measure_latencies(None, tokenizer, files, texts, shapes=[(1, min(typical, max_length))],
                                  runs=runs, warmup=warmup)
 
     @abstractmethod
