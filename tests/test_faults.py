@@ -299,7 +299,7 @@ def test_several_config_errors_are_reported_together_before_anything_is_written(
 
 
 def test_several_bad_flags_are_reported_together_before_anything_is_written(tmp_path):
-    code, _, err = cli("run", "--epochs", "nan", "--learning-rate", "inf", "--batch-size", "0", "--lora-dropout", "nan",
+    code, _, err = cli("run", "--epochs", "nan", "--learning-rate", "inf", "--batch-size", "-1", "--lora-dropout", "nan",
                        "--max-length", "-1", "--output", TINY, cwd=tmp_path)
     assert code == 2
     one_clear_line(err, "--epochs must be a positive number (got nan)", "--learning-rate", "(got inf)",

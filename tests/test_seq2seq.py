@@ -2,6 +2,7 @@
 baselines and faithfulness check, BERT2BERT-share from the packaged MiniLM, a tiny T5 from a config (the
 AutoModelForSeq2SeqLM path), the chain ingest → tokenize → finetune → export → evaluate on the project's
 made-up support conversations, and predict on a summarizer."""
+import ast
 import json
 import os
 
@@ -289,7 +290,8 @@ def test_serve_answers_with_summaries(summarizer):
 
 
 def test_the_served_summarizer_imports_neither_torch_nor_transformers(summarizer):
-    assert served_without_torch(summarizer["onnx"], "Customer: my card was charged twice.").startswith("['")
+    [summary] = ast.literal_eval(served_without_torch(summarizer["onnx"], "Customer: my card was charged twice."))
+    assert isinstance(summary, str)
 
 
 def test_the_servers_tokenizer_decodes_as_transformers_does():

@@ -69,11 +69,21 @@ def shuffled_batches(sampler):
 
     class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         def __iter__(self):
-            return iter(length_grouped_in_random_order(self.lengths, self.batch_size, self.generator))
+            # Under DDP each rank takes every world_size-th per-device batch of this one sequence, so an
+            # optimizer step is world_size consecutive batches: they move together, and a step holds the same
+            # examples as one process at the same global batch.
+            unit = self.batch_size * _world_size()
+            return iter(length_grouped_in_random_order(self.lengths, unit, self.generator))
 
     if type(sampler) is LengthGroupedSampler:
         sampler.__class__ = ShuffledLengthGroupedSampler
     return sampler
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def length_grouped_in_random_order(lengths, batch_size: int, generator=None) -> list[int]:
