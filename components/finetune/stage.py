@@ -72,15 +72,13 @@ class FinetuneParams:
         fraction("lora-dropout", self.lora_dropout)
         non_negative("num-processes", self.num_processes, kind=int)
         positive("gradient-accumulation-steps", self.gradient_accumulation_steps)
-        per_device_batch(self, 1)
+        if self.batch_size:  # 0 (chosen for the data) is checked once chosen: the rule picks one that splits
+            per_device_batch(self, 1)
 
 
 def per_device_batch(p: FinetuneParams, processes: int) -> int:
     """--batch-size is the global batch: what one optimizer step averages over, whatever the number of
-    processes; each process trains on its share of it per micro-step (batch / processes / accumulation).
-    0 (chosen for the data) is checked once chosen: the rule picks a batch that splits evenly."""
-    if not p.batch_size:
-        return 0
+    processes; each process trains on its share of it per micro-step (batch / processes / accumulation)."""
     parts = processes * p.gradient_accumulation_steps
     if p.batch_size % parts:
         raise BadInput(f"--batch-size {p.batch_size} is the global batch and must split evenly over {processes} "

@@ -42,12 +42,17 @@ def padded_batches(lengths: Sequence[int], batch_size: int, max_padding: float =
         yield np.asarray(chunk)
 
 
-class ServingSession:
-    """The request path's side of an ONNX predictor: its tokenizer read by `tokenizers` (no transformers, no
-    PyTorch in the server process), onnxruntime not spinning, and `close` for a hot swap."""
+class ServingTokenizer:
+    """The request path's tokenizer: tokenizer.json read by `tokenizers` (no transformers, no PyTorch in the
+    server process)."""
 
     def load_tokenizer(self):
         return JsonTokenizer(self.model_dir)
+
+
+class ServingSession(ServingTokenizer):
+    """The request path's side of a one-session ONNX predictor: its tokenizer, onnxruntime not spinning, and
+    `close` for a hot swap."""
 
     @property
     def session(self):
@@ -78,14 +83,11 @@ class ServingOnnxTagger(ServingSession, OnnxTagger):
     """OnnxTagger (same files, labels, word alignment and entity spans) on the serving side."""
 
 
-class ServingOnnxSummarizer(OnnxSummarizer):
-    """OnnxSummarizer (same encoder/decoder files, greedy decoding, limits) with the tokenizer read by
-    `tokenizers` and onnxruntime not spinning (see ServingSession.session)."""
+class ServingOnnxSummarizer(ServingTokenizer, OnnxSummarizer):
+    """OnnxSummarizer (same encoder/decoder files, greedy decoding, limits) on the serving side: its two
+    sessions not spinning (see ServingSession.session)."""
 
     spinning = False
-
-    def load_tokenizer(self):
-        return JsonTokenizer(self.model_dir)
 
     def close(self) -> None:
         """Drop both onnxruntime sessions."""
