@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from domaintune.components.export import stage as E  # noqa: E402
+from domaintune.components.export import int8_rule  # noqa: E402
 from domaintune.components.core.errors import BadInput, DomaintuneError  # noqa: E402
 from domaintune.components.inference.loading import load_predictor as load_classifier  # noqa: E402
 from domaintune.components.inference.onnx_backend import OnnxClassifier  # noqa: E402
@@ -160,7 +161,7 @@ def test_onnx_classifier_pickles_without_session(exported):
 
 
 def test_fallback_to_fp32_when_int8_drops_too_much(tiny_model, test_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "int8_acceptable", lambda drop, limit: False)
+    monkeypatch.setattr(int8_rule, "int8_acceptable", lambda drop, limit: False)
     out = str(tmp_path / "onnx")
     report = E.run_export(tiny_model, test_data, out, E.ExportParams(export_latency_runs=0), optimize=True)
     assert report["deployable"] == "fp32" and report["deployable_file"] == "model.onnx"

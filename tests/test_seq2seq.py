@@ -236,6 +236,8 @@ def test_onnx_greedy_matches_pytorch_and_int8_is_checked_on_rouge(summarizer):
     assert json.load(open(os.path.join(summarizer["onnx"], "generation_config.json")))["max_new_tokens"] == 32
     assert e["quality_metric"] == "rougeL" and set(e["metrics"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
     assert (e["deployable"] == "int8") == (e["int8_quality_drop"] <= e["max_int8_drop"])
+    assert (e["deployable"] == "int8") == bool(e["int8_files"])  # all-int8 or the first passing per-file subset
+    assert e["int8_files"] in ([], ["encoder", "decoder"], ["decoder"], ["encoder"])
     assert set(e["latency"]["results"]["1 text, greedy summary"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
 
 

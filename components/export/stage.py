@@ -13,8 +13,10 @@ Checks (docs/ARCHITECTURE.md, "The gate", rule 4):
   padded batches. Over `max_parity_diff` is a broken export, not bad data: `ExportParityError`.
 - int8: the task's quality metrics of PyTorch fp32, ORT fp32 and ORT int8 on the whole test split;
   drop = PyTorch fp32 quality - int8 quality. int8 ships only when `gate.int8_acceptable` holds (the one
-  int8 rule: the drop is a finite number <= `max_int8_drop`); otherwise the fp32 ONNX is the deployable
-  and the report says why (gate 4).
+  int8 rule: the drop is a finite number <= `max_int8_drop`); for a deployable of several graphs the
+  task's partial-int8 subsets are tried next (export/int8_rule.py: a seq2seq pair with only its decoder
+  int8); otherwise the fp32 ONNX is the deployable and the report says why (gate 4, `int8_files`,
+  `int8_per_file`).
 - size, and a short latency probe (median and p90) of ORT fp32 and ORT int8 at batch 1 x typical length,
   measured in one process, in alternating blocks (`export_latency_runs` timed runs; 0 skips it). The full
   matrix (PyTorch fp32 and bf16 too, and 32 x 128) is `python -m bench.inference_latency`: run by every
@@ -48,7 +50,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from domaintune.components.core.errors import BadInput, DomaintuneError, non_negative, positive
-from domaintune.components.evaluation.gate import int8_acceptable
+from domaintune.components.export.int8_rule import decide_int8
 from domaintune.components.export.latency import measure_latencies, typical_length
 from domaintune.components.export.onnx_build import (EVAL_BATCH_SIZE, OPSET, export_onnx, load_torch_model,
                                                      model_labels, optimize_onnx, quantize_onnx, torch_logits)
@@ -116,17 +118,6 @@ def check_parity(task, reference, ort_fp32, test, max_parity_diff: float, raw_pa
                   else f"; the unoptimized export differs by {raw:.3g} as well")
     raise ExportParityError(f"ONNX fp32 logits differ from PyTorch by up to {parity:.3g} on {len(test)} test texts "
                             f"(max_parity_diff {max_parity_diff:g}){detail}")
-
-
-def choose_deployable(task, metrics: dict, max_int8_drop: float) -> tuple[str, float, str]:
-    """(deployable, int8 quality drop, reason) by the one int8 rule, `gate.int8_acceptable`."""
-    q = task.quality_metric
-    torch_q, int8_q = metrics["pytorch_fp32"][q], metrics["onnx_int8"][q]
-    drop = torch_q - int8_q
-    if int8_acceptable(drop, max_int8_drop):
-        return "int8", drop, f"int8 {q} drop {drop * 100:.2f} points <= max_int8_drop {max_int8_drop * 100:.2f} points"
-    return "fp32", drop, (f"int8 {q} {int8_q:.4f} is {drop * 100:.2f} points below PyTorch fp32 {torch_q:.4f} "
-                          f"(max_int8_drop {max_int8_drop * 100:.2f} points): the fp32 ONNX ships")
 
 
 def write_model_files(tmp: str, model_dir: str, model, tokenizer, max_length: int, labels: list[str]) -> None:
@@ -222,7 +213,8 @@ def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams 
     with storage.atomic_dir(output_dir) as tmp:
         built = build_onnx(tmp, model_dir, task, model, tokenizer, test, max_length, labels, p, optimize, lap)
         metrics = {name: task.deployable_metrics(logits, test, labels) for name, logits in built["logits"].items()}
-        deployable, drop, reason = choose_deployable(task, metrics, p.max_int8_drop)
+        int8 = decide_int8(task, built, test, labels, metrics, p.max_int8_drop)
+        deployable, drop, reason = int8["deployable"], int8["drop"], int8["reason"]
         sizes = {"onnx_fp32_mb": sum(_size_mb(f) for f in task.onnx_files(built["fp32_path"])),
                  "onnx_int8_mb": sum(_size_mb(f) for f in task.onnx_files(built["int8_path"]))}
         sizes["int8_over_fp32"] = round(sizes["onnx_int8_mb"] / sizes["onnx_fp32_mb"], 3)
@@ -233,7 +225,8 @@ def run_export(model_dir: str, test_data: str, output_dir: str, p: ExportParams 
         report = {"params": asdict(p), "task": task.name, "deployable": deployable,
                   "deployable_file": INT8_FILE if deployable == "int8" else FP32_FILE, "reason": reason,
                   "parity": parity_report(task, built, p), "metrics": metrics, "quality_metric": task.quality_metric,
-                  "int8_quality_drop": drop, "max_int8_drop": p.max_int8_drop, "sizes": sizes, "latency": latency,
+                  "int8_quality_drop": drop, "max_int8_drop": p.max_int8_drop,
+                  "int8_files": int8["int8_files"], "int8_per_file": int8["per_file"], "sizes": sizes, "latency": latency,
                   "settings": settings(built["inputs"], max_length, built["optimization"], built["quantization"]),
                   "model_dir": os.path.abspath(model_dir), "test_data": os.path.abspath(test_data),
                   "seconds": lap.seconds}

@@ -232,6 +232,7 @@ def _log_and_register(mlflow, inputs: RunInputs, r: Reports, task, p: RegisterPa
                          "gate": "passed" if gate["passed"] else "rejected",
                          "gate.reasons": "; ".join(gate["reasons"])[:5000],
                          "export.deployable": (r.export or {}).get("deployable", "not exported"),
+                         "export.int8_files": ",".join((r.export or {}).get("int8_files") or []),
                          "pretrained": str(r.pretrain is not None).lower()})
         version, aliases = prior_version, []
         if gate["passed"] and version is None:

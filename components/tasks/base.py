@@ -235,8 +235,16 @@ class Task(ABC):
         return quantize_onnx(src, dst, per_channel=per_channel, reduce_range=reduce_range)
 
     def onnx_files(self, path: str) -> list[str]:
-        """The files of the ONNX deployable whose main file is `path` (sizes)."""
+        """The files of the ONNX deployable whose main file is `path` (sizes), in `onnx_part_names` order."""
         return [path]
+
+    def onnx_part_names(self) -> list[str]:
+        return ["model"]
+
+    def int8_subsets(self) -> list[tuple[str, ...]]:
+        """When the all-int8 deployable fails the int8 rule: which graphs to try int8 alone (the others fp32),
+        most useful first (export/int8_rule.py). One graph is int8 or fp32: none."""
+        return []
 
     def model_labels(self, model) -> list[str]:
         from domaintune.components.export.onnx_build import model_labels

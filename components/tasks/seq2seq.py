@@ -210,6 +210,13 @@ class Seq2Seq(Task):
 
         return pair_files(path)
 
+    def onnx_part_names(self):
+        return ["encoder", "decoder"]
+
+    def int8_subsets(self):
+        # the decoder runs once per generated token, most of the generation time: int8 there first
+        return [("decoder",), ("encoder",)]
+
     def model_labels(self, model):
         return []
 
