@@ -130,7 +130,9 @@ def plain_greedy(model) -> None:
     g.decoder_start_token_id = model.config.decoder_start_token_id
     g.eos_token_id = model.config.eos_token_id
     g.pad_token_id = model.config.pad_token_id
-    for name in ("min_length", "no_repeat_ngram_size", "forced_bos_token_id", "forced_eos_token_id",
+    # max_length too: the stages bound generation by max_new_tokens, and a saved max_length (transformers' default
+    # 20) beside it makes every generate() call warn
+    for name in ("max_length", "min_length", "no_repeat_ngram_size", "forced_bos_token_id", "forced_eos_token_id",
                  "repetition_penalty", "length_penalty", "early_stopping"):
         if hasattr(g, name):
             setattr(g, name, None)
