@@ -1,7 +1,8 @@
 """NER: CoNLL-2003 train -> valid through `domaintune run --task token-classification` with the pipeline's
 defaults, beside a plain transformers run_ner-style Trainer recipe on the same model (its defaults: lr 5e-5,
 batch 8, fp32, no length grouping, dynamic padding, first sub-token labels), then the tagger scored on WNUT-17
-dev as out-of-domain. Entity F1 (seqeval, CoNLL-eval and strict IOB2), examples/s, int8 vs PyTorch latency.
+dev as out-of-domain. Entity F1 (seqeval, CoNLL-eval and strict IOB2), examples/s, int8 vs PyTorch latency. With the recipe on the same sentences as ours, also the time each needs to the
+recipe's final validation F1 ("at equal F1": ours from its per-epoch validation curve).
 
     python -m bench.ner_conll --json OUT [--limit N] [--recipe-limit N] [--recipe-epochs E] [--skip-recipe]
 """
@@ -111,6 +112,26 @@ def run_recipe(train: str, valid: str, work: str, epochs: float) -> dict:
             "valid": {k: m[k] for k in ("entity_f1", "entity_f1_strict", "entity_precision", "entity_recall")}}
 
 
+def epoch_curve(run_dir: str) -> list[dict]:
+    """Validation entity F1 (CoNLL-eval mode) after each epoch of our run, with the training time at that point:
+    the epochs have equal steps and each ends with the same evaluation, so epoch k ends at k/epochs of
+    train_seconds (the Trainer's log has no wall clock)."""
+    with open(os.path.join(run_dir, "reports", "history.json")) as f:
+        h = json.load(f)
+    per_epoch = h["train_seconds"] / h["epochs_run"]
+    return [{"epoch": e["epoch"], "entity_f1": round(e["eval_entity_f1"], 4), "seconds": round(e["epoch"] * per_epoch, 1)}
+            for e in h["log_history"] if "eval_entity_f1" in e]
+
+
+def time_to_recipe_f1(curve: list[dict], recipe: dict) -> dict:
+    """How much sooner our run reaches the recipe's final validation F1 (same metric, same sentences)."""
+    target = recipe["valid"]["entity_f1"]
+    reached = next((c for c in curve if c["entity_f1"] >= target), None)
+    return {"recipe_entity_f1": target, "recipe_seconds": recipe["train_seconds"],
+            "ours_epoch": reached and reached["epoch"], "ours_seconds": reached and reached["seconds"],
+            "speedup": reached and round(recipe["train_seconds"] / reached["seconds"], 2)}
+
+
 def out_of_domain(model_dir: str, deployable_dir: str, wnut: str) -> dict:
     """The CoNLL tagger on WNUT-17 dev: only the types both tag sets share can match (person, location)."""
     from domaintune.components.evaluation.entities import entity_metrics, tags_from_logits
@@ -172,6 +193,9 @@ def main() -> int:
         recipe_train = cut(os.path.join(conll, "train.txt"), os.path.join(work, "recipe.conll"), args.recipe_limit or args.limit)
         result["recipe"] = run_recipe(recipe_train, valid, work, args.recipe_epochs)
         result["speedup"] = round(result["ours"]["examples_per_second"] / result["recipe"]["examples_per_second"], 2)
+        result["ours"]["epoch_curve"] = epoch_curve(os.path.join(work, "run"))
+        if not (args.recipe_limit or args.limit) or args.recipe_limit == args.limit:  # same training set only
+            result["time_to_recipe_f1"] = time_to_recipe_f1(result["ours"]["epoch_curve"], result["recipe"])
     write_json(args.json, result)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1, default=str)[:4000])
     return 0

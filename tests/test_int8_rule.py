@@ -13,17 +13,14 @@ class TwoGraphTask:
     def __init__(self, loss_of):
         self.loss_of = loss_of  # {graph name: quality lost when that graph is int8}
 
-    def onnx_part_names(self):
-        return ["encoder", "decoder"]
+    onnx_parts = ("encoder", "decoder")
+    int8_subsets = (("decoder",), ("encoder",))
 
     def onnx_files(self, path):
         return [path, path[: -len(".onnx")] + ".decoder.onnx"]
 
-    def int8_subsets(self):
-        return [("decoder",), ("encoder",)]
-
     def onnx_outputs_of(self, path, test):
-        return {name: open(f).read() for name, f in zip(self.onnx_part_names(), self.onnx_files(path))}
+        return {name: open(f).read() for name, f in zip(self.onnx_parts, self.onnx_files(path))}
 
     def deployable_metrics(self, outputs, test, labels):
         return {"rougeL": 0.5 - sum(self.loss_of[name] for name, kind in outputs.items() if kind == "int8"), "n": 1}

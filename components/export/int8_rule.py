@@ -29,7 +29,7 @@ def choose_deployable(task, metrics: dict, max_int8_drop: float) -> tuple[str, f
 def mixed_files(task, fp32_path: str, int8_path: str, dst: str, int8_parts: tuple[str, ...]) -> str:
     """The deployable at stem `dst` with the graphs named in `int8_parts` from the int8 files and the others from
     the fp32 ones (hard links where the file system allows: the graphs are tens of MB)."""
-    names = task.onnx_part_names()
+    names = task.onnx_parts
     for name, f32, i8, out in zip(names, task.onnx_files(fp32_path), task.onnx_files(int8_path), task.onnx_files(dst)):
         src = i8 if name in int8_parts else f32
         try:
@@ -47,7 +47,7 @@ def per_file_int8(task, built: dict, test, labels, metrics: dict, max_int8_drop:
     tried, each {int8_files, <quality metric>, drop, accepted}."""
     q, fp32_path, int8_path = task.quality_metric, built["fp32_path"], built["int8_path"]
     tried = []
-    for parts in task.int8_subsets():
+    for parts in task.int8_subsets:
         stem = os.path.join(os.path.dirname(int8_path), "candidate.int8.onnx")
         mixed_files(task, fp32_path, int8_path, stem, parts)
         outputs = task.onnx_outputs_of(stem, test)
@@ -70,7 +70,7 @@ def decide_int8(task, built: dict, test, labels, metrics: dict, max_int8_drop: f
     """{deployable, drop, reason, int8_files, per_file}: the all-int8 deployable if it passes the rule, else the
     first partial-int8 one that does (its files replace the int8 files), else fp32."""
     deployable, drop, reason = choose_deployable(task, metrics, max_int8_drop)
-    all_parts = list(task.onnx_part_names())
+    all_parts = list(task.onnx_parts)
     if deployable == "int8":
         return {"deployable": "int8", "drop": drop, "reason": reason, "int8_files": all_parts, "per_file": []}
     tried = per_file_int8(task, built, test, labels, metrics, max_int8_drop)

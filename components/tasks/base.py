@@ -12,15 +12,14 @@ What a task owns, in the order the pipeline asks:
 | ingest     | `read_file`, `read_rows` (validate and normalise one file), `duplicates`, `label_space`, `check_heldout`, `split`, `carve`, `to_split_frame`, `data_report` |
 | tokenize   | `encode` (token ids plus aligned labels; `max_target_length` for generated targets) |
 | finetune   | `build_model`, `lora_task_type` / `lora_modules_to_save`, `collator`, `training_setup` (Trainer and arguments classes, extra arguments, a validation sample), `metric_function` (default: `compute_metrics`), `primary_metric`; optional: `calibrate` |
-| export     | `read_test`, `model_labels`, `export_graph` / `quantize_graph` / `onnx_files` (defaults: one graph), `onnx_outputs` (output names and dynamic axes), `reference_outputs` / `onnx_outputs_of` (PyTorch and onnxruntime outputs), `max_abs_diff`, `agreement` (and its floor `min_parity_agreement`), `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric`, `latency` |
+| export     | `read_test`, `model_labels`, `export_graph` / `quantize_graph` / `onnx_files` / `onnx_parts` / `int8_subsets` (defaults: one graph), `onnx_outputs` (output names and dynamic axes), `reference_outputs` / `onnx_outputs_of` (PyTorch and onnxruntime outputs), `max_abs_diff`, `agreement` (and its floor `min_parity_agreement`), `deployable_metrics` (the int8-vs-fp32 quality check), `quality_metric`, `latency` |
 | evaluate   | `load_predictor`, `predict_frame`, `score`, `prediction_table`, `bias_checks`, `bias_report`, `write_plots`, `gate_checks` (the task's own gate rules; default none), `quality_floor`; optional: `baselines`, `calibration_report`, `read_ood` |
 | register   | `summary_metrics`, `card_context`, `pyfunc_signature` |
 | predict / pyfunc | `load_predictor`, `format_predictions`, `read_labeled` |
 | serve      | `serving_predictor`, `serving_answers`, `serving_outputs` (defaults below) |
 
-A predictor is what `load_predictor(ref)` returns for a model directory or an ONNX export: it has `labels`
-and `predict(texts)`, whose output only the same task's `score`, `format_predictions` and `bias_checks`
-interpret.
+A predictor is what `load_predictor(ref)` returns for a model directory or an ONNX export: it has `labels` and
+`predict(texts)`, whose output only the same task's `score`, `format_predictions` and `bias_checks` interpret.
 """
 from __future__ import annotations
 
@@ -222,6 +221,9 @@ class Task(ABC):
     # ------------------------------------------------------------------------------------------ export
     #: the least share of test inputs on which ONNX fp32 and PyTorch must agree (labels, tags, generated tokens)
     min_parity_agreement: ClassVar[float] = 0.0
+    #: the deployable's graphs; which to try int8 alone when all-int8 fails the int8 rule (export/int8_rule.py)
+    onnx_parts: ClassVar[tuple[str, ...]] = ("model",)
+    int8_subsets: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     def export_graph(self, model_dir: str, path: str) -> list[str]:
         """Write the fp32 ONNX deployable at `path`; returns the input names. Default: one graph (onnx_build)."""
@@ -235,16 +237,8 @@ class Task(ABC):
         return quantize_onnx(src, dst, per_channel=per_channel, reduce_range=reduce_range)
 
     def onnx_files(self, path: str) -> list[str]:
-        """The files of the ONNX deployable whose main file is `path` (sizes), in `onnx_part_names` order."""
+        """The files of the ONNX deployable whose main file is `path` (sizes), in `onnx_parts` order."""
         return [path]
-
-    def onnx_part_names(self) -> list[str]:
-        return ["model"]
-
-    def int8_subsets(self) -> list[tuple[str, ...]]:
-        """When the all-int8 deployable fails the int8 rule: which graphs to try int8 alone (the others fp32),
-        most useful first (export/int8_rule.py). One graph is int8 or fp32: none."""
-        return []
 
     def model_labels(self, model) -> list[str]:
         from domaintune.components.export.onnx_build import model_labels

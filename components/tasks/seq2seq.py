@@ -195,6 +195,10 @@ class Seq2Seq(Task):
     def onnx_outputs(self):
         return {"logits": {0: "batch"}}
 
+    onnx_parts = ("encoder", "decoder")
+    # the decoder runs once per generated token, most of the generation time: int8 there first
+    int8_subsets = (("decoder",), ("encoder",))
+
     def export_graph(self, model_dir, path):
         from domaintune.components.export.onnx_seq2seq import export_pair
 
@@ -209,13 +213,6 @@ class Seq2Seq(Task):
         from domaintune.components.export.onnx_seq2seq import pair_files
 
         return pair_files(path)
-
-    def onnx_part_names(self):
-        return ["encoder", "decoder"]
-
-    def int8_subsets(self):
-        # the decoder runs once per generated token, most of the generation time: int8 there first
-        return [("decoder",), ("encoder",)]
 
     def model_labels(self, model):
         return []
