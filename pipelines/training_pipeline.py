@@ -103,6 +103,7 @@ def training_pipeline(
     max_slice_gap: float = E.max_slice_gap,
     min_lead_margin: float = E.min_lead_margin,
     max_unsupported_number_rate: float = E.max_unsupported_number_rate,
+    min_distinct_summaries: float = E.min_distinct_summaries,
     max_bias_regression: float = E.max_bias_regression,
     bias_axes: str = E.bias_axes,
     min_lift: float = E.min_lift,
@@ -174,6 +175,7 @@ def training_pipeline(
         max_slice_gap: Gate: the largest accuracy/macro-F1 gap between data slices (slices of at least min_slice_size rows).
         min_lead_margin: Gate (seq2seq): the deployable's test ROUGE-L minus the lead-N baseline's must reach this (in [-1, 1]).
         max_unsupported_number_rate: Gate (seq2seq): the largest share of summaries that state a number their source does not contain.
+        min_distinct_summaries: Gate (seq2seq): the least share of distinct test sources whose summary no other source shares a copy of (distinct summaries / distinct sources; catches a model that collapsed onto a few stock summaries; 0: off).
         max_bias_regression: Gate: how much worse than the champion's any identity axis's flip rate may get (each axis and source, same texts and templates).
         bias_axes: Gate: axes whose template-only bias findings block (e.g. gender,race_ethnicity, or all). Default none: findings on your own test texts block, template-only ones are reported as warnings.
         min_lift: Gate (off at -1): the deployable's macro-F1 must beat the best baseline (frozen base-model embeddings + logistic regression, TF-IDF + logistic regression) by at least this.

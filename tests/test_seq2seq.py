@@ -109,7 +109,7 @@ def test_gate_blocks_on_lead_margin_and_unsupported_numbers():
     from domaintune.components.evaluation.seq2seq_metrics import gate_checks
 
     metrics = {"rougeL": 0.40, "lead_margin": -0.02, "unsupported_number_rate": 0.2, "lead_baseline": "lead_1",
-               "baselines": {"lead_1": {"rougeL": 0.42}}}
+               "baselines": {"lead_1": {"rougeL": 0.42}}, "distinct_summaries": 0.9}
     t = Thresholds(min_macro_f1=0.3)
     gate = decide(metrics, None, None, t, "rougeL", None, task_checks=gate_checks(metrics, t))
     assert not gate["passed"] and [r.split()[0] for r in gate["reasons"]] == ["lead_margin", "unsupported_numbers"]
@@ -117,6 +117,24 @@ def test_gate_blocks_on_lead_margin_and_unsupported_numbers():
     assert decide(metrics, None, None, loose, "rougeL", None, task_checks=gate_checks(metrics, loose))["passed"]
     with pytest.raises(BadInput, match="--min-lead-margin"):
         Thresholds(min_lead_margin=1.5)
+
+
+def test_gate_blocks_a_summarizer_that_writes_a_few_stock_summaries():
+    """What bench.seq2seq_dialogsum found: 7 distinct summaries for 100 dialogues, and still ahead of lead-1."""
+    from domaintune.components.evaluation.gate import Thresholds
+    from domaintune.components.evaluation.seq2seq_metrics import distinct_share, gate_checks
+
+    sources = [f"dialogue {i}" for i in range(100)] + ["dialogue 0"]  # a repeated source may repeat its summary
+    stock = ["#Person1# asks #Person2# to take a ticket."] * 58 + [f"summary {i % 6}" for i in range(43)]
+    assert distinct_share(stock, sources) == 0.07 and distinct_share([f"s{i}" for i in range(100)] + ["s0"], sources) == 1
+    metrics = {"rougeL": 0.23, "lead_margin": 0.056, "unsupported_number_rate": 0.0, "lead_baseline": "lead_1",
+               "baselines": {"lead_1": {"rougeL": 0.177}}, "distinct_summaries": distinct_share(stock, sources)}
+    failed = [c["name"] for c in gate_checks(metrics, Thresholds()) if not c["passed"]]
+    assert failed == ["distinct_summaries"]
+    assert all(c["passed"] for c in gate_checks(metrics, Thresholds(min_distinct_summaries=0)))  # 0: off
+    assert not gate_checks({**metrics, "distinct_summaries": None}, Thresholds())[2]["passed"]  # fail closed
+    with pytest.raises(BadInput, match="--min-distinct-summaries"):
+        Thresholds(min_distinct_summaries=1.5)
 
 
 def test_summary_swap_probe_counts_changes_beyond_the_swapped_term():

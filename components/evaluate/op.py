@@ -27,6 +27,7 @@ def evaluate_op(
     max_slice_gap: float,
     min_lead_margin: float,
     max_unsupported_number_rate: float,
+    min_distinct_summaries: float,
     max_bias_regression: float,
     bias_axes: str,
     min_lift: float,

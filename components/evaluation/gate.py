@@ -67,6 +67,11 @@ class Thresholds:
     # hallucination; 0.05 tolerates the odd tokenisation artefact).
     min_lead_margin: float = 0.0
     max_unsupported_number_rate: float = 0.05
+    # The least share of distinct test sources that get a summary of their own: a model that collapsed onto a
+    # few stock summaries can still beat lead-N on ROUGE by writing the targets' template (DialogSum, 350
+    # dialogues: 7 distinct summaries for 100 dialogues, +5.6 ROUGE-L over lead-1; bench/BENCHMARKS.md).
+    # Real summarizers score ~1; 0.5 leaves room for short, formulaic targets (0: off).
+    min_distinct_summaries: float = 0.5
 
     # How much worse than the champion's any axis's flip rate (per source, evaluation/fairness.py) may get.
     # The champion is probed on the same texts and templates in this run, so the pairs are the same and the
@@ -88,7 +93,7 @@ class Thresholds:
             raise BadInput(f"--min-lead-margin must be a number in [-1, 1] (got {margin!r})")
         task_floor = self.min_macro_f1 == -1 and not isinstance(self.min_macro_f1, bool)  # -1: the task's floor
         for name in ("min_macro_f1", "max_regression", "max_flip_rate", "max_slice_gap", "max_unsupported_number_rate",
-                     "max_bias_regression", "min_lift", "max_ood_drop"):
+                     "min_distinct_summaries", "max_bias_regression", "min_lift", "max_ood_drop"):
             if name == "min_macro_f1" and task_floor:
                 continue
             value, low = getattr(self, name), -1 if name == "min_lift" else 0

@@ -30,15 +30,23 @@ def summary_scores(predictions: list[str], references: list[str], sources: list[
         "lowest": R.lowest(predictions, references, sources, scores["rougeL"]),
     })
     metrics["unsupported_number_rate"] = metrics["faithfulness"]["unsupported_number_rate"]
+    metrics["distinct_summaries"] = distinct_share(predictions, sources)
     return metrics
+
+
+def distinct_share(predictions: list[str], sources: list[str]) -> float:
+    """Distinct summaries per distinct source (1.0: no two different sources got the same summary)."""
+    return round(len(set(predictions)) / max(1, len(set(sources))), 4) if predictions else 0.0
 
 
 def gate_checks(metrics: dict, thresholds) -> list[dict]:
     """Beyond the ROUGE-L floor and the champion regression (the generic rules 1-2): the margin over the
-    lead baseline and the ceiling on summaries with a number their source does not have. Fail closed."""
+    lead baseline, the ceiling on summaries with a number their source does not have, and the floor on
+    distinct summaries. Fail closed."""
     from domaintune.components.evaluation.gate import _check, _num
 
     margin, rate = _num(metrics.get("lead_margin")), _num(metrics.get("unsupported_number_rate"))
+    distinct = _num(metrics.get("distinct_summaries"))
     lead = metrics.get("lead_baseline", "lead")
     return [
         _check("lead_margin", margin, ">=", thresholds.min_lead_margin,
@@ -48,6 +56,10 @@ def gate_checks(metrics: dict, thresholds) -> list[dict]:
         _check("unsupported_numbers", rate, "<=", thresholds.max_unsupported_number_rate,
                rate is not None and rate <= thresholds.max_unsupported_number_rate,
                f"{rate} of summaries state a number their source does not contain"),
+        _check("distinct_summaries", distinct, ">=", thresholds.min_distinct_summaries,
+               thresholds.min_distinct_summaries == 0 or (distinct is not None and
+                                                           distinct >= thresholds.min_distinct_summaries - 1e-12),
+               f"{distinct} distinct summaries per distinct source (a model that writes a few stock summaries)"),
     ]
 
 
@@ -116,6 +128,8 @@ def flat_metrics(m: dict) -> dict:
         out[f"{name}_rougeL"] = scores["rougeL"]
     out.update({k: v for k, v in m["lengths"].items()})
     out["unsupported_name_rate"] = m["faithfulness"]["unsupported_name_rate"]
+    if "distinct_summaries" in m:
+        out["distinct_summaries"] = m["distinct_summaries"]
     return out
 
 
@@ -147,7 +161,8 @@ def render_report(m: dict) -> str:
     lines += ["", f"ROUGE-L 95% bootstrap interval {m['rougeL_interval95']}; margin over {m['lead_baseline']} "
               f"{m['lead_margin']:+.4f}.", "",
               f"Length: {ln['generated_words_mean']} generated vs {ln['reference_words_mean']} reference words "
-              f"(ratio {ln['length_ratio']}); {ln['empty_summaries']} empty summaries.", "",
+              f"(ratio {ln['length_ratio']}); {ln['empty_summaries']} empty summaries; "
+              f"{m.get('distinct_summaries', float('nan')):.1%} distinct summaries per distinct source.", "",
               "## Faithfulness", "",
               f"Summaries with a number not in the source: {f['unsupported_number_rate']:.1%} "
               f"({f['unsupported_number_share']:.1%} of {f['numbers_generated']} generated numbers); with a "
