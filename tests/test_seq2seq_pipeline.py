@@ -16,6 +16,7 @@ PAIRS = os.path.join(HERE, "fixtures", "support_summaries.jsonl")
 ARGS = ["--task", "seq2seq", "--train-data", PAIRS, "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-4",
         "--validation-fraction", "0.15", "--test-fraction", "0.15", "--max-length", "64", "--max-target-length", "32",
         "--min-macro-f1", "0", "--min-lead-margin", "-1", "--max-unsupported-number-rate", "1",
+        "--min-distinct-summaries", "0",
         "--model-name", "summarizer", "--export-latency-runs", "0"]
 
 
@@ -25,7 +26,8 @@ def test_a_summarizer_runs_the_whole_chain_and_answers_in_text(workdir):  # noqa
     summary, _ = latest_summary(workdir)
     assert summary["task"] == "seq2seq" and summary["status"] == "registered"
     assert summary["gate"]["metric"] == "rougeL" and 0 <= summary["metrics"]["test"]["rougeL"] <= 1
-    assert {"lead_margin", "unsupported_numbers"} <= {c["name"] for c in summary["gate"]["checks"]}
+    checks = {c["name"] for c in summary["gate"]["checks"]}
+    assert {"lead_margin", "unsupported_numbers", "distinct_summaries"} <= checks
     assert summary["export"]["quality_metric"] == "rougeL" and os.path.isfile(summary["deployable_path"])
     assert os.path.isfile(summary["deployable_path"][: -len(".onnx")] + ".decoder.onnx")
     assert "test rougeL" in out or "test rougel" in out.lower()
