@@ -216,6 +216,45 @@ def test_a_t5_checkpoint_trains_exports_and_matches_pytorch(tmp_path):
     assert os.path.isfile(tmp_path / "onnx" / "model.decoder.onnx")
 
 
+def test_lora_finds_the_attention_projections_of_every_model_type(tmp_path):
+    """peft's own names for T5 (q, v); by module names for BERT2BERT (query, value: self- and cross-attention),
+    which peft has no entry for; a clear error for a model without any."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from domaintune.components.finetune.lora import lora_targets
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.tasks.seq2seq_model import build_seq2seq
+
+    assert lora_targets(AutoModelForSeq2SeqLM.from_pretrained(tiny_t5(tmp_path / "t5"))) == ["q", "v"]
+    assert lora_targets(build_seq2seq(resolve_model(""))) == ["query", "value"]
+
+    class NoAttention(torch.nn.Module):
+        config = type("Config", (), {"model_type": "mlp"})()
+
+        def __init__(self):
+            super().__init__()
+            self.dense = torch.nn.Linear(4, 4)
+
+    with pytest.raises(BadInput, match="--lora: no attention projections to adapt found in this mlp"):
+        lora_targets(NoAttention())
+
+
+def test_a_t5_trains_with_lora_and_saves_a_merged_model(tmp_path):
+    from domaintune.components.finetune.stage import FinetuneParams, run_finetune
+    from domaintune.components.tokenize.stage import TokenizeParams, run_tokenize
+
+    base = tiny_t5(tmp_path / "t5")
+    ingest(tmp_path)
+    run_tokenize(str(tmp_path / "splits"), base, str(tmp_path / "tokens"), TokenizeParams(max_length=48,
+                                                                                         max_target_length=16))
+    history = run_finetune(str(tmp_path / "tokens"), base, str(tmp_path / "model"), str(tmp_path / "h.json"),
+                           FinetuneParams(epochs=1, batch_size=16, learning_rate=1e-3, lora=True))
+    assert history["parameters"]["trainable"] < history["parameters"]["total"] and "rougeL" in history["validation"]
+    saved = json.load(open(tmp_path / "model" / "domaintune.json"))
+    assert saved["lora_merged"] and not os.path.isfile(tmp_path / "model" / "adapter_config.json")
+
+
 # ------------------------------------------------------------------------------------------ the chain
 
 @pytest.fixture(scope="module")
@@ -259,6 +298,28 @@ def test_onnx_greedy_matches_pytorch_and_int8_is_checked_on_rouge(summarizer):
     assert (e["deployable"] == "int8") == bool(e["int8_files"])  # all-int8 or the first passing per-file subset
     assert e["int8_files"] in ([], ["encoder", "decoder"], ["decoder"], ["encoder"])
     assert set(e["latency"]["results"]["1 text, greedy summary"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+
+
+def test_a_pair_with_only_the_decoder_int8_replaces_the_int8_files_when_it_passes(summarizer, tmp_path):
+    """The per-file int8 step on the real export (a copy): the first subset (decoder only) is evaluated with
+    onnxruntime and, passing, becomes `model.int8.*`: fp32 encoder bytes, int8 decoder bytes, nothing left over."""
+    import filecmp
+    import shutil
+
+    from domaintune.components.export.int8_rule import per_file_int8
+    from domaintune.components.tasks import get_task
+
+    onnx = shutil.copytree(summarizer["onnx"], tmp_path / "onnx")
+    task, test = get_task("seq2seq"), pd.read_parquet(os.path.join(summarizer["root"], "splits", "test.parquet"))
+    built = {"fp32_path": str(onnx / "model.onnx"), "int8_path": str(onnx / "model.int8.onnx"), "logits": {}}
+    int8_decoder = shutil.copyfile(onnx / "model.int8.decoder.onnx", tmp_path / "int8_decoder.onnx")
+    metrics = {"pytorch_fp32": {"rougeL": 0.0}}
+    tried = per_file_int8(task, built, test, [], metrics, max_int8_drop=0.99)  # any drop passes
+    assert [t["int8_files"] for t in tried] == [["decoder"]] and tried[0]["accepted"]
+    assert filecmp.cmp(onnx / "model.int8.onnx", onnx / "model.onnx", shallow=False)
+    assert filecmp.cmp(onnx / "model.int8.decoder.onnx", int8_decoder, shallow=False)
+    assert not [f for f in os.listdir(onnx) if f.startswith("candidate")]
+    assert metrics["onnx_int8"]["n"] == len(test) and len(built["logits"]["onnx_int8"]["summaries"]) == len(test)
 
 
 def test_evaluation_reports_baselines_faithfulness_and_worst_examples(summarizer):

@@ -86,22 +86,13 @@ def per_device_batch(p: FinetuneParams, processes: int) -> int:
     return p.batch_size // parts
 
 
-def apply_lora(task, model, p: FinetuneParams):
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    # The task type keeps the task's new head trainable; the task names any other module trained in full.
-    config = LoraConfig(task_type=getattr(TaskType, task.lora_task_type), r=p.lora_r, lora_alpha=p.lora_alpha,
-                        lora_dropout=p.lora_dropout, target_modules=["query", "value"],
-                        modules_to_save=task.lora_modules_to_save(model))
-    return get_peft_model(model, config)
-
-
 def freeze_input_embeddings(model) -> int:
     """Full fine-tuning leaves the input word-embedding matrix as it is: it is about half of a small
     encoder's parameters (11.7M of MiniLM's 22.7M) but only the rows of the batch's tokens get a gradient,
     so updating it densely costs a full AdamW pass, a gradient-norm pass and a dense gradient per step.
     Measured on 16,000 SST-2 rows: 319 vs 297 examples/s (+7%), dev accuracy 0.861 vs 0.854 (one seed;
-    bench/BENCHMARKS.md). `freeze_embeddings=False` trains it like any other weight. Position and
+    bench/BENCHMARKS.md). Not for a task that `trains_input_embeddings` (token classification: word identity
+    is what a tagger reads). `freeze_embeddings=False` trains it like any other weight. Position and
     token-type embeddings, LayerNorms and every encoder layer still train. Returns the frozen count."""
     embeddings = model.get_input_embeddings()
     weight = getattr(embeddings, "weight", None)
@@ -121,11 +112,13 @@ def prepare_model(task, model_dir: str, labels: list[str], p: FinetuneParams) ->
     """The task's model on the base encoder, LoRA-wrapped or with frozen input embeddings, and its counts."""
     import torch
 
+    from domaintune.components.finetune.lora import apply_lora
     from domaintune.components.training.dropout import use_cheap_cpu_dropout
 
     model = task.build_model(model_dir, labels)
     model = apply_lora(task, model, p) if p.lora else model
-    frozen = freeze_input_embeddings(model) if p.freeze_embeddings and not p.lora else 0
+    freeze = p.freeze_embeddings and not p.lora and not task.trains_input_embeddings
+    frozen = freeze_input_embeddings(model) if freeze else 0
     cheap_dropout = 0 if torch.cuda.is_available() else use_cheap_cpu_dropout(model)
     return model, {"parameters": {**count_parameters(model), "frozen_input_embeddings": frozen},
                    "cheap_cpu_dropout_modules": cheap_dropout}
