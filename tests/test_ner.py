@@ -234,3 +234,18 @@ def test_cli_evaluates_and_predicts_a_tagger(tagger, tmp_path, capsys):
     code, _, err = cli("evaluate", "--model", tagger["onnx"], "--data", bad)
     assert code == 2
     one_clear_line(err, "bad.conll", "'X-PER'")
+
+
+def test_a_tagger_trains_its_word_embeddings_under_the_default_freeze():
+    """--freeze-embeddings (default on) is for classification and seq2seq: a tagger reads word identity, and on
+    CoNLL-2003 the frozen matrix cost 0.6 entity-F1 points (bench/BENCHMARKS.md)."""
+    from domaintune.components.finetune.stage import FinetuneParams, prepare_model
+    from domaintune.components.io.base_models import resolve_model
+    from domaintune.components.tasks import get_task
+
+    p = FinetuneParams()
+    assert p.freeze_embeddings
+    tagger, info = prepare_model(get_task("token-classification"), resolve_model(""), ["O", "B-PER", "I-PER"], p)
+    assert info["parameters"]["frozen_input_embeddings"] == 0 and tagger.get_input_embeddings().weight.requires_grad
+    classifier, info = prepare_model(get_task("classification"), resolve_model(""), ["neg", "pos"], p)
+    assert info["parameters"]["frozen_input_embeddings"] > 0 and not classifier.get_input_embeddings().weight.requires_grad

@@ -109,11 +109,11 @@ class Task(ABC):
         """The transformers Auto class that loads a fine-tuned model of this task."""
 
     lora_task_type: ClassVar[str]
+    #: full fine-tuning trains the input word embeddings even under `freeze_embeddings` (finetune/stage.py)
+    trains_input_embeddings: ClassVar[bool] = False
 
     def lora_modules_to_save(self, model) -> list[str] | None:
         """Modules trained in full beside the LoRA adapters (the new head)."""
-        return None
-
     @abstractmethod
     def collator(self, tokenizer):
         """The Trainer's data collator (dynamic padding)."""
