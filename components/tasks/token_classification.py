@@ -26,7 +26,7 @@ class TokenClassification(Task):
     model_kind = "a tagger"
     lora_task_type = "TOKEN_CLS"
     # A tagger reads word identity (names, rare words): with the word embeddings frozen, CoNLL-2003 valid entity
-    # F1 was 0.64 points lower (0.9023 vs 0.9087, seed 0) at no measurable speed gain (bench/BENCHMARKS.md)
+    # F1 was 0.57 points lower (0.9017 vs 0.9074, mean of two seeds; bench/BENCHMARKS.md)
     trains_input_embeddings = True
 
     # ------------------------------------------------------------------------------------------- data
