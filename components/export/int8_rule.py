@@ -26,7 +26,7 @@ def choose_deployable(task, metrics: dict, max_int8_drop: float) -> tuple[str, f
                           f"(max_int8_drop {max_int8_drop * 100:.2f} points): the fp32 ONNX ships")
 
 
-def mixed_files(task, fp32_path: str, int8_path: str, dst: str, int8_parts: tuple[str, ...]) -> str:
+def mixed_files(task, fp32_path: str, int8_path: str, dst: str, int8_parts: tuple[str, ...]) -> None:
     """The deployable at stem `dst` with the graphs named in `int8_parts` from the int8 files and the others from
     the fp32 ones (hard links where the file system allows: the graphs are tens of MB)."""
     names = task.onnx_parts
@@ -38,7 +38,6 @@ def mixed_files(task, fp32_path: str, int8_path: str, dst: str, int8_parts: tupl
             import shutil
 
             shutil.copyfile(src, out)
-    return dst
 
 
 def per_file_int8(task, built: dict, test, labels, metrics: dict, max_int8_drop: float) -> list[dict]:
@@ -46,9 +45,8 @@ def per_file_int8(task, built: dict, test, labels, metrics: dict, max_int8_drop:
     that passes replaces the int8 files (and built's int8 outputs, and metrics["onnx_int8"]); returns what was
     tried, each {int8_files, <quality metric>, drop, accepted}."""
     q, fp32_path, int8_path = task.quality_metric, built["fp32_path"], built["int8_path"]
-    tried = []
+    stem, tried = os.path.join(os.path.dirname(int8_path), "candidate.int8.onnx"), []
     for parts in task.int8_subsets:
-        stem = os.path.join(os.path.dirname(int8_path), "candidate.int8.onnx")
         mixed_files(task, fp32_path, int8_path, stem, parts)
         outputs = task.onnx_outputs_of(stem, test)
         candidate = task.deployable_metrics(outputs, test, labels)
@@ -74,7 +72,7 @@ def decide_int8(task, built: dict, test, labels, metrics: dict, max_int8_drop: f
     if deployable == "int8":
         return {"deployable": "int8", "drop": drop, "reason": reason, "int8_files": all_parts, "per_file": []}
     tried = per_file_int8(task, built, test, labels, metrics, max_int8_drop)
-    passed = next((t for t in tried if t["accepted"]), None)
+    passed = tried[-1] if tried and tried[-1]["accepted"] else None  # the search stops at the first that passes
     if passed is None:
         return {"deployable": "fp32", "drop": drop, "reason": reason, "int8_files": [], "per_file": tried}
     fp32_parts = [n for n in all_parts if n not in passed["int8_files"]]
