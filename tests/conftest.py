@@ -11,6 +11,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist each worker (and every process it starts: the pipeline's tasks, the containers, which
+    are passed OMP_* variables) gets its share of the cores, before torch is imported. Two workers each running
+    PyTorch and onnxruntime on all cores oversubscribe them, and spin-waiting threads then make every training
+    step ~5x slower (measured: 700 vs 130 ms per MiniLM step, two side by side on 2 cores, bench/BENCHMARKS.md)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[key] = str(max(1, cores // workers))
+
+
+_share_the_cores_between_workers()
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "fixtures", "tiny.csv")
 SHARED_DATA = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "data"))

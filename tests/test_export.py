@@ -230,3 +230,16 @@ def test_failed_export_leaves_nothing(tiny_model, test_data, tmp_path, monkeypat
         E.run_export(tiny_model, test_data, str(parent / "onnx"), E.ExportParams(export_latency_runs=0))
     assert isinstance(info.value, DomaintuneError) and info.value.exit_code == 1
     assert list(parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("value, cap", [("1", 1), ("1,1", 1), ("64", None), ("", None), ("zero", None), ("0", None)])
+def test_onnxruntime_threads_obey_omp_num_threads_like_torch(monkeypatch, value, cap):
+    """A task's onnxruntime sessions use no more threads than OMP_NUM_THREADS gives PyTorch; a value that is no
+    positive count is ignored, as OpenMP ignores it."""
+    from domaintune.components.inference import onnx_backend
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    uncapped = onnx_backend.physical_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert onnx_backend.physical_cores() == (min(cap, uncapped) if cap else uncapped)
+    assert onnx_backend.session_options().intra_op_num_threads == onnx_backend.physical_cores()

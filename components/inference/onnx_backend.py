@@ -29,10 +29,13 @@ _NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(fl
 
 
 def physical_cores() -> int:
-    """Cores this process may really use: physical cores, bounded by CPU affinity and a cgroup CPU quota.
+    """Cores this process may really use: physical cores, bounded by CPU affinity, a cgroup CPU quota and
+    OMP_NUM_THREADS when set (the cap PyTorch already obeys, so both runtimes of a task use the same count).
 
     onnxruntime's own default (all physical cores of the host) oversubscribes a Kubernetes pod whose CPU
-    limit is below the node's core count; hyper-threads add nothing to these GEMM-bound kernels.
+    limit is below the node's core count; hyper-threads add nothing to these GEMM-bound kernels. Two jobs
+    sharing the cores oversubscribe the same way: measured with two MiniLM trainings side by side on 2
+    cores, 2 threads each made every step 5x slower than 1 each (700 vs 130 ms, bench/BENCHMARKS.md).
     """
     try:
         import psutil
@@ -56,7 +59,13 @@ def physical_cores() -> int:
             break
         except (OSError, ValueError, IndexError):
             continue
-    return max(1, cores)
+    return max(1, min(cores, _omp_num_threads() or cores))
+
+
+def _omp_num_threads() -> int | None:
+    """OMP_NUM_THREADS as a positive count (its first entry: OpenMP allows a list for nested levels)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 # onnxruntime 1.31's CPU SkipLayerNormalization kernel is slow: 11 ms per call at 32 x 128 x 384 on this
