@@ -35,7 +35,7 @@ def physical_cores() -> int:
     onnxruntime's own default (all physical cores of the host) oversubscribes a Kubernetes pod whose CPU
     limit is below the node's core count; hyper-threads add nothing to these GEMM-bound kernels. Two jobs
     sharing the cores oversubscribe the same way: measured with two MiniLM trainings side by side on 2
-    cores, 2 threads each made every step 5x slower than 1 each (700 vs 130 ms, bench/BENCHMARKS.md).
+    cores, 2 threads each made every step 3.4x slower than 1 each (557 vs 153 ms, bench/shared_cores.py).
     """
     try:
         import psutil
