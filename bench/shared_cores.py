@@ -3,8 +3,9 @@ with OMP_NUM_THREADS giving each its share.
 
     python -m bench.shared_cores --json OUT [--steps 10] [--batch 8] [--length 16] [--jobs 2]
 
-Each job is a fresh process doing what a training step of the finetune stage does (sequence classification,
-the stage's precision choice, fused AdamW, word embeddings fixed), on random token ids of BATCH x LENGTH:
+Each job is a fresh process doing most of what a training step of the finetune stage does (sequence
+classification, the stage's precision choice, fused AdamW, word embeddings fixed; torch's own dropout, not the
+stage's cheaper one), on random token ids of BATCH x LENGTH:
 3 warm-up steps, then STEPS timed. Reported: ms per step of every job in each arrangement. This is why the
 test suite's xdist workers (tests/conftest.py) and onnxruntime (inference/onnx_backend.physical_cores) obey
 OMP_NUM_THREADS.
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length", type=int, default=16)
     ap.add_argument("--jobs", type=int, default=2, help="jobs side by side")
     args = ap.parse_args(argv)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // args.jobs)
+    from domaintune.components.training.launch import threads_per_process
+
+    cores, share = threads_per_process(1), threads_per_process(args.jobs)
     arrangements = {"alone": run_jobs(1, args, None),
                     f"{args.jobs} side by side, all cores each": run_jobs(args.jobs, args, None),
                     f"{args.jobs} side by side, OMP_NUM_THREADS={share}": run_jobs(args.jobs, args, share)}

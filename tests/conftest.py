@@ -17,11 +17,12 @@ def _share_the_cores_between_workers() -> None:
     are passed OMP_* variables) gets its share of the cores, before torch is imported. Two workers each running
     PyTorch and onnxruntime on all cores oversubscribe them, and spin-waiting threads then make every training
     step ~3.4x slower (557 vs 153 ms per MiniLM step, two side by side on 2 cores: bench/shared_cores.py)."""
+    from domaintune.components.training.launch import threads_per_process  # imports no torch
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[key] = str(max(1, cores // workers))
+            os.environ[key] = str(threads_per_process(workers))
 
 
 _share_the_cores_between_workers()
