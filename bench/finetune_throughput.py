@@ -117,23 +117,41 @@ def baseline_accuracy(b: dict, splits: str) -> float:
 
 def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
     """Our stage, epochs=1 and OVERRIDES; keys `args.NAME` override a TrainingArguments field the stage sets
-    (for exploring what makes a difference, e.g. args.max_grad_norm=0): not a stage parameter."""
+    (for exploring what makes a difference, e.g. args.max_grad_norm=0): not a stage parameter; and
+    `sampler.mega_batch_mult=N` sorts N batches at a time into length-grouped batches (Hugging Face's
+    default: 50; fewer mixes lengths within a batch, at more padding); `torch_dropout=true` keeps torch's
+    own dropout instead of training/dropout.py's cheaper random source."""
+    import functools
+
     import transformers
+    import transformers.trainer_pt_utils as pt_utils
 
     from domaintune.components.finetune import stage
 
     trainer_args = {k[len("args."):]: v for k, v in overrides.items() if k.startswith("args.")}
-    p = C.finetune_params(**{"epochs": 1.0, **{k: v for k, v in overrides.items() if not k.startswith("args.")}})
+    import domaintune.components.training.dropout as dropout
+
+    mult = overrides.get("sampler.mega_batch_mult")
+    bench_only = ("args.", "sampler.", "torch_dropout")
+    p = C.finetune_params(**{"epochs": 1.0, **{k: v for k, v in overrides.items() if not k.startswith(bench_only)}})
     out = os.path.join(work, name)
     original = transformers.TrainingArguments  # the stage imports it at call time
+    original_grouping = pt_utils.get_length_grouped_indices  # so does training/trainer.py
+    original_dropout = dropout.use_cheap_cpu_dropout  # and finetune/stage.py
     if trainer_args:
         transformers.TrainingArguments = lambda **kw: original(**{**kw, **trainer_args})
+    if mult:
+        pt_utils.get_length_grouped_indices = functools.partial(original_grouping, mega_batch_mult=int(mult))
+    if overrides.get("torch_dropout"):
+        dropout.use_cheap_cpu_dropout = lambda model: 0
     w0, c0 = time.perf_counter(), C.cpu_seconds()
     try:
         h = stage.run_finetune(prep["tokens"], prep["model_dir"], os.path.join(out, "model"),
                                os.path.join(out, "history.json"), p)
     finally:
         transformers.TrainingArguments = original
+        pt_utils.get_length_grouped_indices = original_grouping
+        dropout.use_cheap_cpu_dropout = original_dropout
     wall, cpu = time.perf_counter() - w0, C.cpu_seconds() - c0
     return {"name": name, "overrides": overrides, "batch_size": h["params"]["batch_size"], "examples": h["examples_seen"],
             "chosen": h.get("chosen_for_data_size"), "learning_rate": h["params"]["learning_rate"],
@@ -152,6 +170,12 @@ def parse_variant(text: str) -> dict:
     for item in text.split(","):
         key, _, value = item.partition("=")
         key, value = key.strip(), value.strip()
+        if key == "sampler.mega_batch_mult":
+            out[key] = int(value)
+            continue
+        if key == "torch_dropout":
+            out[key] = value.lower() == "true"
+            continue
         if key.startswith("args."):  # a TrainingArguments field (run_ours): a number or a word
             out[key] = float(value) if value.replace(".", "", 1).isdigit() else value
             continue
