@@ -126,11 +126,10 @@ def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
     import transformers
     import transformers.trainer_pt_utils as pt_utils
 
+    import domaintune.components.training.dropout as dropout
     from domaintune.components.finetune import stage
 
     trainer_args = {k[len("args."):]: v for k, v in overrides.items() if k.startswith("args.")}
-    import domaintune.components.training.dropout as dropout
-
     mult = overrides.get("sampler.mega_batch_mult")
     bench_only = ("args.", "sampler.", "torch_dropout")
     p = C.finetune_params(**{"epochs": 1.0, **{k: v for k, v in overrides.items() if not k.startswith(bench_only)}})
