@@ -115,14 +115,14 @@ def baseline_accuracy(b: dict, splits: str) -> float:
     return float((np.concatenate(preds) == dev["label"].to_numpy()).mean())
 
 
-def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
-    """Our stage, epochs=1 and OVERRIDES; keys `args.NAME` override a TrainingArguments field the stage sets
-    (for exploring what makes a difference, e.g. args.max_grad_norm=0): not a stage parameter; and
-    `sampler.mega_batch_mult=N` sorts N batches at a time into length-grouped batches (Hugging Face's
-    default: 50; fewer mixes lengths within a batch, at more padding); `torch_dropout=true` keeps torch's
-    own dropout instead of training/dropout.py's cheaper random source."""
-    import functools
+BENCH_ONLY = {"sampler.mega_batch_mult": int, "torch_dropout": lambda value: value.lower() == "true"}
 
+
+def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
+    """Our stage, epochs=1 and OVERRIDES. Bench-only keys, for exploring what makes a difference: `args.NAME`
+    a TrainingArguments field (e.g. args.max_grad_norm=0); `sampler.mega_batch_mult=N` length-groups N batches
+    at a time (HF: 50); `torch_dropout=true` torch's dropout instead of training/dropout.py's."""
+    import functools
     import transformers
     import transformers.trainer_pt_utils as pt_utils
 
@@ -131,8 +131,8 @@ def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
 
     trainer_args = {k[len("args."):]: v for k, v in overrides.items() if k.startswith("args.")}
     mult = overrides.get("sampler.mega_batch_mult")
-    bench_only = ("args.", "sampler.", "torch_dropout")
-    p = C.finetune_params(**{"epochs": 1.0, **{k: v for k, v in overrides.items() if not k.startswith(bench_only)}})
+    p = C.finetune_params(**{"epochs": 1.0, **{k: v for k, v in overrides.items()
+                                              if not k.startswith("args.") and k not in BENCH_ONLY}})
     out = os.path.join(work, name)
     original = transformers.TrainingArguments  # the stage imports it at call time
     original_grouping = pt_utils.get_length_grouped_indices  # so does training/trainer.py
@@ -169,11 +169,8 @@ def parse_variant(text: str) -> dict:
     for item in text.split(","):
         key, _, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        if key == "sampler.mega_batch_mult":
-            out[key] = int(value)
-            continue
-        if key == "torch_dropout":
-            out[key] = value.lower() == "true"
+        if key in BENCH_ONLY:  # run_ours' exploration switches
+            out[key] = BENCH_ONLY[key](value)
             continue
         if key.startswith("args."):  # a TrainingArguments field (run_ours): a number or a word
             out[key] = float(value) if value.replace(".", "", 1).isdigit() else value
