@@ -65,7 +65,7 @@ def prepare(case: str, work: str, seed: int) -> dict:
 
 # Recipe stream k (k > 0) seeds the recipe's initialisation, shuffle and dropout with seed + k * STREAM_OFFSET on the
 # same data sample: how far the recipe moves from its own random draws alone (measured on 4,000 SST-2 rows: the
-# two streams of one sample 0.9 points apart on average, bench/BENCHMARKS.md).
+# two streams of one sample 1.08 points apart on average over 11 samples, bench/BENCHMARKS.md).
 STREAM_OFFSET = 1000
 
 

@@ -115,7 +115,7 @@ def baseline_accuracy(b: dict, splits: str) -> float:
     return float((np.concatenate(preds) == dev["label"].to_numpy()).mean())
 
 
-BENCH_ONLY = {"sampler.mega_batch_mult": int, "torch_dropout": lambda value: value.lower() == "true"}
+BENCH_ONLY = {"sampler.mega_batch_mult": int, "torch_dropout": bool}  # run_ours' switches, not stage parameters
 
 
 def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
@@ -140,7 +140,7 @@ def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
     if trainer_args:
         transformers.TrainingArguments = lambda **kw: original(**{**kw, **trainer_args})
     if mult:
-        pt_utils.get_length_grouped_indices = functools.partial(original_grouping, mega_batch_mult=int(mult))
+        pt_utils.get_length_grouped_indices = functools.partial(original_grouping, mega_batch_mult=mult)
     if overrides.get("torch_dropout"):
         dropout.use_cheap_cpu_dropout = lambda model: 0
     w0, c0 = time.perf_counter(), C.cpu_seconds()
@@ -169,13 +169,10 @@ def parse_variant(text: str) -> dict:
     for item in text.split(","):
         key, _, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        if key in BENCH_ONLY:  # run_ours' exploration switches
-            out[key] = BENCH_ONLY[key](value)
-            continue
         if key.startswith("args."):  # a TrainingArguments field (run_ours): a number or a word
             out[key] = float(value) if value.replace(".", "", 1).isdigit() else value
             continue
-        kind = type(finetune_defaults()[key]) if key != "epochs" else float
+        kind = BENCH_ONLY.get(key) or (type(finetune_defaults()[key]) if key != "epochs" else float)
         if kind is bool and value.lower() not in ("true", "false"):
             raise SystemExit(f"--variant {key}={value}: expected true or false")
         out[key] = value.lower() == "true" if kind is bool else kind(value)
