@@ -115,18 +115,21 @@ def baseline_accuracy(b: dict, splits: str) -> float:
     return float((np.concatenate(preds) == dev["label"].to_numpy()).mean())
 
 
-BENCH_ONLY = {"sampler.mega_batch_mult": int, "torch_dropout": bool}  # run_ours' switches, not stage parameters
+# run_ours' switches, not stage parameters
+BENCH_ONLY = {"sampler.mega_batch_mult": int, "torch_dropout": bool, "packing": bool}
 
 
 def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
     """Our stage, epochs=1 and OVERRIDES. Bench-only keys, for exploring what makes a difference: `args.NAME`
     a TrainingArguments field (e.g. args.max_grad_norm=0); `sampler.mega_batch_mult=N` length-groups N batches
-    at a time (HF: 50); `torch_dropout=true` torch's dropout instead of training/dropout.py's."""
+    at a time (HF: 50); `torch_dropout=true` torch's dropout instead of training/dropout.py's; `packing=false`
+    the length-grouped batches instead of training/packing.py's packed random ones."""
     import functools
     import transformers
     import transformers.trainer_pt_utils as pt_utils
 
     import domaintune.components.training.dropout as dropout
+    import domaintune.components.training.packing as packing
     from domaintune.components.finetune import stage
 
     trainer_args = {k[len("args."):]: v for k, v in overrides.items() if k.startswith("args.")}
@@ -137,12 +140,15 @@ def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
     original = transformers.TrainingArguments  # the stage imports it at call time
     original_grouping = pt_utils.get_length_grouped_indices  # so does training/trainer.py
     original_dropout = dropout.use_cheap_cpu_dropout  # and finetune/stage.py
+    original_packing = packing.enable  # and finetune/stage.py
     if trainer_args:
         transformers.TrainingArguments = lambda **kw: original(**{**kw, **trainer_args})
     if mult:
         pt_utils.get_length_grouped_indices = functools.partial(original_grouping, mega_batch_mult=mult)
     if overrides.get("torch_dropout"):
         dropout.use_cheap_cpu_dropout = lambda model: 0
+    if overrides.get("packing") is False:
+        packing.enable = lambda model: None
     w0, c0 = time.perf_counter(), C.cpu_seconds()
     try:
         h = stage.run_finetune(prep["tokens"], prep["model_dir"], os.path.join(out, "model"),
@@ -151,6 +157,7 @@ def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
         transformers.TrainingArguments = original
         pt_utils.get_length_grouped_indices = original_grouping
         dropout.use_cheap_cpu_dropout = original_dropout
+        packing.enable = original_packing
     wall, cpu = time.perf_counter() - w0, C.cpu_seconds() - c0
     return {"name": name, "overrides": overrides, "batch_size": h["params"]["batch_size"], "examples": h["examples_seen"],
             "chosen": h.get("chosen_for_data_size"), "learning_rate": h["params"]["learning_rate"],
@@ -159,6 +166,7 @@ def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
             "examples_per_second_stage": round(h["examples_seen"] / wall, 2),
             "examples_per_cpu_second_stage": round(h["examples_seen"] / cpu, 2),
             "stage_wall_seconds": round(wall, 2), "timing": h["timing"], "train_tokens": h["train_tokens"],
+            "train_batches": h["train_batches"],
             "accuracy": h["validation"]["accuracy"], "macro_f1": h["validation"]["macro_f1"],
             "precision": h["params"]["precision_used"], "parameters": h["parameters"],
             "loadavg": round(os.getloadavg()[0], 2)}

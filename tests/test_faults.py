@@ -230,7 +230,8 @@ def test_throughput_after_a_resume_counts_only_the_steps_of_that_attempt():
     trainer = SimpleNamespace(state=state, args=args, timing=timing,
                               train_tokens={"real": 10, "padded": 20, "padded_squared": 40})
     clock = {"stage_started": 0.0, "started": 1.0, "train_seconds": 10.0, "train_cpu_seconds": 10.0}
-    resolved = {"precision_used": "fp32", "max_length": 64, "parameters": {}, "cheap_cpu_dropout_modules": 0}
+    resolved = {"precision_used": "fp32", "max_length": 64, "parameters": {}, "cheap_cpu_dropout_modules": 0,
+                "train_batches": "length-grouped, in random order (training/trainer.py)"}
     task = SimpleNamespace(name="classification", primary_metric="macro_f1")
     result = SimpleNamespace(metrics={"epoch": 2.0})
     p = finetune_params(epochs=2, batch_size=8)

@@ -67,6 +67,7 @@ def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(trained, tmp_
     history = run_finetune(trained["tokens"], trained["base"], str(tmp_path / "lora"), str(tmp_path / "h.json"),
                            finetune_params(epochs=1, lora=True, learning_rate=5e-4))
     assert history["parameters"]["trainable"] < 0.05 * history["parameters"]["total"]
+    assert history["train_batches"].startswith("random, packed")  # through the PEFT wrapper too
     # the batch was left to the rule (0), the learning rate given: the history says which is which
     assert set(history["chosen_for_data_size"]) == {"batch_size"}
     assert history["params"]["batch_size"] == sizing.auto_batch_size(history["train_examples"])

@@ -62,6 +62,7 @@ def build_history(task, p, trainer, result, best: dict, clock: dict, resume: str
         "primary_metric": task.primary_metric,
         "parameters": resolved["parameters"],
         "cheap_cpu_dropout_modules": resolved["cheap_cpu_dropout_modules"],
+        "train_batches": resolved["train_batches"],
         "train_examples": train_size,
         "examples_seen": examples_seen,
         "examples_trained": examples_trained,

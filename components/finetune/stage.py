@@ -1,13 +1,15 @@
-"""Finetune: HF Trainer with dynamic padding, length-grouped batches, early stopping on the task's primary
-validation metric (macro-F1 for classification).
+"""Finetune: HF Trainer on random batches packed without padding (or length-grouped ones), early stopping on
+the task's primary validation metric (macro-F1 for classification).
 
 Full fine-tuning or LoRA (peft, merged into the saved model so every later stage sees a plain model). The
 task (tasks/) gives the model head, the collator, the metrics and the LoRA task type.
 Out: a Hugging Face model directory (model, tokenizer, `domaintune.json`) and `history.json`.
 
 Speed choices (measured on a 2-core AVX-512-BF16 CPU; numbers in bench/BENCHMARKS.md): bf16 autocast where
-it measures faster (training/precision.py), length-grouped batches in random order with dynamic padding
-(8% padding on SST-2 instead of 89% at max_length 128; training/trainer.py `shuffled_batches`),
+it measures faster (training/precision.py), random batches packed into rows without padding for BERT's heads
+(training/packing.py: the mix of lengths of random batches, which holds accuracy on small data, at about the
+speed of length-grouped ones), else length-grouped batches in random order with dynamic padding (8% padding
+on SST-2 instead of 89% at max_length 128; training/trainer.py `shuffled_batches`),
 the fused AdamW (the Trainer's default), a cheaper random source for dropout on CPU (training/dropout.py),
 the input word-embedding matrix kept fixed in full fine-tuning (`freeze_embeddings`), and no second
 evaluation of the best model after training (its metrics are in the log).
@@ -113,6 +115,7 @@ def prepare_model(task, model_dir: str, labels: list[str], p: FinetuneParams) ->
     import torch
 
     from domaintune.components.finetune.lora import apply_lora
+    from domaintune.components.training import packing
     from domaintune.components.training.dropout import use_cheap_cpu_dropout
 
     model = task.build_model(model_dir, labels)
@@ -120,13 +123,18 @@ def prepare_model(task, model_dir: str, labels: list[str], p: FinetuneParams) ->
     freeze = p.freeze_embeddings and not p.lora and not task.trains_input_embeddings
     frozen = freeze_input_embeddings(model) if freeze else 0
     cheap_dropout = 0 if torch.cuda.is_available() else use_cheap_cpu_dropout(model)
+    # packed random batches where the head supports them (measured on the CPU; CUDA keeps the grouped ones)
+    packed = None if torch.cuda.is_available() else packing.enable(model)
     return model, {"parameters": {**count_parameters(model), "frozen_input_embeddings": frozen},
-                   "cheap_cpu_dropout_modules": cheap_dropout}
+                   "cheap_cpu_dropout_modules": cheap_dropout, "packed_head": packed,
+                   "train_batches": "random, packed without padding (training/packing.py)" if packed
+                   else "length-grouped, in random order (training/trainer.py)"}
 
 
 def training_arguments(task, p: FinetuneParams, checkpoints: str, precision: str, train_size: int,
-                       setup: dict | None = None):
-    """The TrainingArguments (or the task's arguments class, with the task's extra options: `training_setup`)."""
+                       setup: dict | None = None, packed: bool = False):
+    """The TrainingArguments (or the task's arguments class, with the task's extra options: `training_setup`);
+    PACKED: random batches, packed (else length-grouped ones)."""
     import torch
     from transformers import TrainingArguments
 
@@ -143,7 +151,7 @@ def training_arguments(task, p: FinetuneParams, checkpoints: str, precision: str
         weight_decay=p.weight_decay,
         warmup_steps=p.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         lr_scheduler_type="linear",
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="random" if packed else "group_by_length",
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,
@@ -218,6 +226,8 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     from datasets import load_from_disk
     from transformers import EarlyStoppingCallback, set_seed
 
+    from domaintune.components.training.packing import PackingCollator
+
     set_seed(p.seed)
     task = task_of(tokens_dir)
     # first, before the model is loaded: a checkpoint dir of another training is refused in a second
@@ -243,10 +253,12 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
     if setup.get("validation_rows") and len(validation) > setup["validation_rows"]:  # bounded per-epoch cost
         validation = validation.shuffle(seed=p.seed).select(range(setup["validation_rows"]))
 
+    packed = model_info["packed_head"]
     trainer = timed_trainer_class(setup.get("trainer"))(
-        model=model, args=training_arguments(task, p, checkpoints, precision, len(train), setup),
+        model=model, args=training_arguments(task, p, checkpoints, precision, len(train), setup, bool(packed)),
         train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
         data_collator=task.collator(tokenizer), compute_metrics=task.metric_function(labels, tokenizer),
+        train_collator=PackingCollator(packed, tokenizer.pad_token_id) if packed else None,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience),
                    progress_callback("finetune")],
     )

@@ -9,11 +9,17 @@ def timed_trainer_class(base=None):
     """The Trainer (or `base`, a subclass such as Seq2SeqTrainer), plus where its time goes: evaluation and checkpoint time inside `train()` (so the
     history can give the pure training throughput beside the stage's), and the real and padded tokens
     of the training batches (padding efficiency, FLOP counts for bench/mfu.py)."""
+    import torch
     from transformers import Trainer
 
+    from domaintune.components.training import packing
+
     class TimedTrainer(base or Trainer):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, train_collator=None, **kwargs):
             super().__init__(*args, **kwargs)
+            # the training batches' collator where it differs from evaluation's (packing.PackingCollator:
+            # evaluation and prediction keep one padded row per example)
+            self.train_collator = train_collator
             # The task heads compute a mean loss and ignore `num_items_in_batch`, though their forward takes
             # **kwargs: left True, the Trainer multiplies the loss by the number of processes (2x gradients and
             # logged loss under DDP) and skips its division by the accumulation steps.
@@ -44,9 +50,30 @@ def timed_trainer_class(base=None):
             sampler = super()._get_train_sampler(*args, **kwargs)
             return shuffled_batches(sampler)
 
+        def get_train_dataloader(self):
+            if self.train_collator is None:
+                return super().get_train_dataloader()
+            evaluation, self.data_collator = self.data_collator, self.train_collator
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.data_collator = evaluation
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")
+            if mask is not None and mask.dim() == 4 and mask.dtype == torch.bool:  # a packed batch
+                inputs["attention_mask"] = packing.attention_mask_for(model, mask)
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
         def training_step(self, model, inputs, *args, **kwargs):
+            real = inputs.pop("real_tokens", None) if hasattr(inputs, "pop") else None
             mask = inputs.get("attention_mask") if hasattr(inputs, "get") else None
-            if mask is not None and mask.device.type == "cpu":  # never a device sync for a statistic
+            if real is not None:  # packed: rows of real tokens and a little padding, attention per row
+                rows, width = inputs["input_ids"].shape
+                self.train_tokens["real"] += int(real)
+                self.train_tokens["padded"] += rows * width
+                self.train_tokens["padded_squared"] += rows * width ** 2
+            elif mask is not None and mask.device.type == "cpu":  # never a device sync for a statistic
                 self.train_tokens["real"] += int(mask.sum())
                 self.train_tokens["padded"] += mask.numel()
                 if mask.dim() == 2:
