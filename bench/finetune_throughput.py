@@ -115,8 +115,7 @@ def baseline_accuracy(b: dict, splits: str) -> float:
     return float((np.concatenate(preds) == dev["label"].to_numpy()).mean())
 
 
-# run_ours' switches, not stage parameters
-BENCH_ONLY = {"sampler.mega_batch_mult": int, "torch_dropout": bool, "packing": bool}
+BENCH_ONLY = {"sampler.mega_batch_mult": int, "torch_dropout": bool, "packing": bool}  # run_ours' own switches
 
 
 def run_ours(prep: dict, work: str, name: str, overrides: dict) -> dict:
