@@ -72,8 +72,8 @@ class PackingCollator:
     """Features (input_ids, optional token_type_ids, labels) -> a packed batch.
 
     Keys: input_ids, token_type_ids, position_ids (R x L), attention_mask (R x 1 x L x L, boolean: a token sees
-    the tokens of its own sentence; padding sees itself, so no softmax row is empty), labels, and two the
-    trainer takes out before the forward pass, `real_tokens`. HEAD "sequence": labels one per sentence in
+    the tokens of its own sentence; padding sees itself, so no softmax row is empty), labels, and `real_tokens`
+    (a count the trainer takes out before the forward pass). HEAD "sequence": labels one per sentence in
     feature order, and `first_token` (the flat index in R x L of each sentence's first token, for the wrapped
     forward of `enable`); "token": labels laid out like input_ids (-100 on padding)."""
 
@@ -136,7 +136,7 @@ def _sequence_forward(model, forward):
         if first_token is None:
             return forward(*args, **kwargs)
         labels = kwargs.pop("labels", None)
-        hidden = model.bert(**kwargs).last_hidden_state
+        hidden = model.bert(*args, **kwargs).last_hidden_state
         first = hidden.flatten(0, 1)[first_token]
         logits = model.classifier(model.dropout(model.bert.pooler(first[:, None])))
         loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels)
