@@ -6,9 +6,8 @@ task (tasks/) gives the model head, the collator, the metrics and the LoRA task 
 Out: a Hugging Face model directory (model, tokenizer, `domaintune.json`) and `history.json`.
 
 Speed choices (measured on a 2-core AVX-512-BF16 CPU; numbers in bench/BENCHMARKS.md): bf16 autocast where
-it measures faster (training/precision.py), random batches packed into rows without padding for BERT's heads
-(training/packing.py: the mix of lengths of random batches, which holds accuracy on small data, at about the
-speed of length-grouped ones), else length-grouped batches in random order with dynamic padding (8% padding
+it measures faster (training/precision.py), random batches packed without padding for BERT's heads
+(training/packing.py), else length-grouped batches in random order with dynamic padding (8% padding
 on SST-2 instead of 89% at max_length 128; training/trainer.py `shuffled_batches`),
 the fused AdamW (the Trainer's default), a cheaper random source for dropout on CPU (training/dropout.py),
 the input word-embedding matrix kept fixed in full fine-tuning (`freeze_embeddings`), and no second
@@ -123,8 +122,7 @@ def prepare_model(task, model_dir: str, labels: list[str], p: FinetuneParams) ->
     freeze = p.freeze_embeddings and not p.lora and not task.trains_input_embeddings
     frozen = freeze_input_embeddings(model) if freeze else 0
     cheap_dropout = 0 if torch.cuda.is_available() else use_cheap_cpu_dropout(model)
-    # packed random batches where the head supports them (measured on the CPU; CUDA keeps the grouped ones)
-    packed = None if torch.cuda.is_available() else packing.enable(model)
+    packed = None if torch.cuda.is_available() else packing.enable(model)  # measured on CPUs only
     return model, {"parameters": {**count_parameters(model), "frozen_input_embeddings": frozen},
                    "cheap_cpu_dropout_modules": cheap_dropout, "packed_head": packed,
                    "train_batches": "random, packed without padding (training/packing.py)" if packed
@@ -134,7 +132,7 @@ def prepare_model(task, model_dir: str, labels: list[str], p: FinetuneParams) ->
 def training_arguments(task, p: FinetuneParams, checkpoints: str, precision: str, train_size: int,
                        setup: dict | None = None, packed: bool = False):
     """The TrainingArguments (or the task's arguments class, with the task's extra options: `training_setup`);
-    PACKED: random batches, packed (else length-grouped ones)."""
+    PACKED: random batches (packing.py), else length-grouped ones."""
     import torch
     from transformers import TrainingArguments
 
