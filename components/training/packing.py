@@ -4,7 +4,7 @@ attending only within its own sentences.
 Why: a random batch of 16 SST-2 sentences pads to its longest (547 tokens for 203 real ones), so the Trainer's
 random sampler runs at ~60% of the length-grouped batches' speed; the length-grouped batches hold sentences
 of one length each, and cost accuracy at small data sizes (bench/BENCHMARKS.md "Accuracy at every data
-size"). Packed, a random batch keeps its mix of lengths at 92-94% of the grouped speed, and it is the same
+size"). Packed, a random batch keeps its mix of lengths near the grouped speed (ROW_TOKENS), and it is the same
 computation as the padded batch: the block-diagonal mask keeps every sentence to itself, position ids restart
 at 0 for each, and the loss is the mean over the same examples (tests/test_packing.py checks the logits and
 the loss against the padded batch). Hugging Face's `DataCollatorWithFlattening` packs for flash-attention's
@@ -21,9 +21,10 @@ import functools
 import torch
 
 # A row's length: about this many tokens, or the batch's longest sentence. Attention costs a row's length
-# squared and the linear layers its token count: in a hand loop, rows of 128 trained 6-11% slower than rows
-# of 64 (SST-2, 16 sentences a batch, bf16); 32 was not measured.
-ROW_TOKENS = 64
+# squared and the linear layers its token count: in the stage on 4,000 SST-2 rows (batch 16, bf16), rows of
+# 32 trained 8% faster than rows of 64 (122.4, 131.3 vs 119.3, 116.3 examples/s alternated; padding 7.5%
+# vs 4.4%, attention slots per token 40 vs 61); in a hand loop 128 was 6-11% slower than 64.
+ROW_TOKENS = 32
 HEADS = {"BertForSequenceClassification": "sequence", "BertForTokenClassification": "token"}
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
