@@ -94,9 +94,9 @@ def test_packed_batch_gives_the_padded_batchs_logits_loss_and_gradients(head, at
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
 
-    batch = PackingCollator(head)(feats)
+    batch = PackingCollator.for_model(model, 0)(feats)
     batch.pop("real_tokens")
-    batch["attention_mask"] = packing.attention_mask_for(model, batch["attention_mask"])
+    assert batch["attention_mask"].dtype == (torch.bool if attention == "sdpa" else torch.float32)
     out = model(**batch)
     out.loss.backward()
     assert torch.allclose(out.loss, loss, atol=1e-5)

@@ -256,7 +256,7 @@ def run_finetune(tokens_dir: str, model_dir: str, output_dir: str, history_path:
         model=model, args=training_arguments(task, p, checkpoints, precision, len(train), setup, bool(packed)),
         train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
         data_collator=task.collator(tokenizer), compute_metrics=task.metric_function(labels, tokenizer),
-        train_collator=PackingCollator(packed, tokenizer.pad_token_id) if packed else None,
+        train_collator=PackingCollator.for_model(model, tokenizer.pad_token_id) if packed else None,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience),
                    progress_callback("finetune")],
     )

@@ -27,6 +27,7 @@ import torch
 ROW_TOKENS = 32
 HEADS = {"BertForSequenceClassification": "sequence", "BertForTokenClassification": "token"}
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+ADDITIVE_MASK = ("eager",)  # attention implementations that add the mask to the scores (SDPA takes booleans)
 
 
 def task_model(model):
@@ -72,16 +73,24 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 class PackingCollator:
     """Features (input_ids, optional token_type_ids, labels) -> a packed batch.
 
-    Keys: input_ids, token_type_ids, position_ids (R x L), attention_mask (R x 1 x L x L, boolean: a token sees
-    the tokens of its own sentence; padding sees itself, so no softmax row is empty), labels, and `real_tokens`
+    Keys: input_ids, token_type_ids, position_ids (R x L), attention_mask (R x 1 x L x L: a token sees the
+    tokens of its own sentence, padding sees itself, so no softmax row is empty; boolean for SDPA, additive
+    float for eager attention, `ADDITIVE_MASK`), labels, and `real_tokens`
     (a count the trainer takes out before the forward pass). HEAD "sequence": labels one per sentence in
     feature order, and `first_token` (the flat index in R x L of each sentence's first token, for the wrapped
     forward of `enable`); "token": labels laid out like input_ids (-100 on padding)."""
 
-    def __init__(self, head: str, pad_token_id: int = 0, row_tokens: int = ROW_TOKENS):
+    def __init__(self, head: str, pad_token_id: int = 0, row_tokens: int = ROW_TOKENS, additive_mask: bool = False):
         if head not in ("sequence", "token"):
             raise ValueError(f"head must be 'sequence' or 'token', got {head!r}")
         self.head, self.pad_token_id, self.row_tokens = head, pad_token_id, row_tokens
+        self.additive_mask = additive_mask
+
+    @classmethod
+    def for_model(cls, model, pad_token_id: int) -> "PackingCollator":
+        """The collator for MODEL (`enable` said yes): its head, and the mask in the form its attention takes."""
+        attention = task_model(model).config._attn_implementation
+        return cls(packed_head(model), pad_token_id, additive_mask=attention in ADDITIVE_MASK)
 
     def __call__(self, features: list[dict]) -> dict:
         lengths = [len(f["input_ids"]) for f in features]
@@ -108,8 +117,11 @@ class PackingCollator:
                     token_labels[r, span] = torch.as_tensor(f["labels"])
                 first_token[i] = r * width + start
                 start += n
+        mask = (sentence[:, :, None] == sentence[:, None, :])[:, None]
+        if self.additive_mask:  # eager attention adds the mask to its scores
+            mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
         batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids,
-                 "attention_mask": (sentence[:, :, None] == sentence[:, None, :])[:, None], "real_tokens": sum(lengths)}
+                 "attention_mask": mask, "real_tokens": sum(lengths)}
         if self.head == "token":
             return {**batch, "labels": token_labels}
         return {**batch, "labels": torch.as_tensor([int(f["labels"]) for f in features]),
@@ -146,10 +158,3 @@ def _sequence_forward(model, forward):
     packed_forward.packed = True
     return packed_forward
 
-
-def attention_mask_for(model, mask: torch.Tensor) -> torch.Tensor:
-    """The boolean block mask as MODEL's attention takes it: SDPA as is, eager as an additive float mask."""
-    inner = task_model(getattr(model, "module", model))  # under DDP the Trainer hands over the wrapper
-    if getattr(inner.config, "_attn_implementation", "sdpa") == "sdpa":
-        return mask
-    return torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)

@@ -9,10 +9,7 @@ def timed_trainer_class(base=None):
     """The Trainer (or `base`, a subclass such as Seq2SeqTrainer), plus where its time goes: evaluation and checkpoint time inside `train()` (so the
     history can give the pure training throughput beside the stage's), and the real and padded tokens
     of the training batches (padding efficiency, FLOP counts for bench/mfu.py)."""
-    import torch
     from transformers import Trainer
-
-    from domaintune.components.training import packing
 
     class TimedTrainer(base or Trainer):
         def __init__(self, *args, train_collator=None, **kwargs):
@@ -58,12 +55,6 @@ def timed_trainer_class(base=None):
                 return super().get_train_dataloader()
             finally:
                 self.data_collator = evaluation
-
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            mask = inputs.get("attention_mask")
-            if mask is not None and mask.dim() == 4 and mask.dtype == torch.bool:  # a packed batch
-                inputs["attention_mask"] = packing.attention_mask_for(model, mask)
-            return super().compute_loss(model, inputs, *args, **kwargs)
 
         def training_step(self, model, inputs, *args, **kwargs):
             real = inputs.pop("real_tokens", None) if hasattr(inputs, "pop") else None
