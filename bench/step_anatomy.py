@@ -34,7 +34,7 @@ KINDS = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "casts": ("aten::co
 
 
 def setup(prep: dict, batch: int, steps: int, seed: int, native_dropout: bool = False):
-    """The stage's model (train mode) and STEPS + 5 packed random batches of BATCH."""
+    """The stage's model (train mode) and STEPS + 5 packed random batches of BATCH from PREP's tokens."""
     import torch
     from datasets import load_from_disk
     from transformers import AutoTokenizer
@@ -45,16 +45,15 @@ def setup(prep: dict, batch: int, steps: int, seed: int, native_dropout: bool = 
     from domaintune.components.training.packing import PackingCollator
 
     tokens = prep["tokens"]
-    labels = json.load(open(os.path.join(tokens, "label_map.json")))["labels"]
     torch.manual_seed(seed)
-    model, _ = prepare_model(task_of(tokens), prep["model_dir"], labels, C.finetune_params())
+    model, _ = prepare_model(task_of(tokens), prep["model_dir"], prep["labels"], C.finetune_params())
     if native_dropout:
         for module in model.modules():
             if type(module) is CheapCpuDropout:
                 module.__class__ = torch.nn.Dropout
     train = load_from_disk(os.path.join(tokens, "train"))
     columns = [c for c in ("input_ids", "token_type_ids", "labels") if c in train.column_names]
-    rows = [dict(zip(columns, values)) for values in zip(*(train[c] for c in columns))]
+    rows = train.select_columns(columns).to_list()
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(tokens, "tokenizer"))
@@ -130,8 +129,8 @@ def profile(step, batches: list, shape: dict, classes: int) -> dict:
             "top_ops": {k: round(v, 4) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:12]}}
 
 
-def measure(prep: dict, batch: int, steps: int, seed: int, precision: str, shape: dict, classes: int,
-            compiled: bool) -> dict:
+def measure(prep: dict, batch: int, steps: int, seed: int, precision: str, shape: dict, compiled: bool) -> dict:
+    classes = len(prep["labels"])
     model, batches = setup(prep, batch, steps + 10, seed)
     step, marks = make_step(model, precision)
     out = {"batch": batch, "mean_rows_x_width": [round(sum(b["input_ids"].shape[i] for b in batches) / len(batches), 1)
@@ -143,6 +142,10 @@ def measure(prep: dict, batch: int, steps: int, seed: int, precision: str, shape
         step, marks = make_step(model, precision, compiled=True)
         out["compiled"] = phases(step, marks, batches, warmup=20)
     return out
+
+
+def compiled_cell(compiled: dict | None) -> str:
+    return f"{compiled['ms_per_step']} ({compiled['warmup_seconds']} s)" if compiled else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
     prep = C.prepare_sst2(tempfile.mkdtemp(prefix="bench-anatomy-"), args.rows, args.seed)
     shape = M.model_shape(prep["model_dir"])
-    classes = len(json.load(open(os.path.join(prep["tokens"], "label_map.json")))["labels"])
+    prep["labels"] = json.load(open(os.path.join(prep["tokens"], "label_map.json")))["labels"]
     precision = pick_precision("auto")
     threads = torch.get_num_threads()
     peaks = M.matmul_peaks(threads)
-    runs = [measure(prep, b, args.steps, args.seed, precision, shape, classes, args.compile)
+    runs = [measure(prep, b, args.steps, args.seed, precision, shape, args.compile)
             for b in args.batch or [16, 32]]
     torch.set_num_threads(threads)
     trained = "bfloat16" if precision == "bf16" else "float32"
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                      " / ".join(f"{e['ms'][k]:.1f}" for k in e["ms"]),
                      " / ".join(f"{p['share'][k]:.0%}" for k in p["share"]),
                      f"{p['matmul_of_peak']:.0%}", f"{p['step_of_peak']:.0%}",
-                     f"{run['compiled']['ms_per_step']} ({run['compiled']['warmup_seconds']} s)" if "compiled" in run else "-"))
+                     compiled_cell(run.get("compiled"))))
     print(f"{precision}, matmul peak {peaks[trained]['peak_gflops']} GFLOP/s")
     print(C.table(rows, ("batch", "rows x width", "ms/step", "fwd / bwd / clip / opt / zero ms",
                          "matmul / casts / dropout rng / adamw / other", "matmul rate of peak",
